@@ -1,0 +1,95 @@
+"""Command line: `python -m mnist_lesson data | train NAME | summary NAME | list`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from mnist_lesson.data import DataError, ensure_mnist
+from mnist_lesson.models import MODELS, count_parameters, get_model, get_recipe
+
+
+def _data(args: argparse.Namespace) -> int:
+    report = ensure_mnist(args.root)
+    print(report.describe())
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    # Imported here so that `data` and `list` stay quick, without torch's and matplotlib's start-up cost.
+    from mnist_lesson.plots import plot_history
+    from mnist_lesson.train import pick_device, save_checkpoint, smoke_mode, train_recipe
+
+    recipe = get_recipe(args.model).with_overrides(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                                   data=args.data)
+    device = pick_device(args.device)
+    params = count_parameters(get_model(args.model))
+    print(f"model {args.model}: {params:,} parameters")
+    print(f"recipe: {recipe}")
+    smoke = " (smoke mode: 1 epoch, a few batches)" if smoke_mode() else ""
+    print(f"training on {device} with seed {args.seed}{smoke}", flush=True)
+    model, history = train_recipe(lambda: get_model(args.model), recipe, device=device, seed=args.seed,
+                                  root=args.root, progress=not args.no_progress)
+    history.meta["model"] = args.model
+    run = Path(args.out) / f"{args.model}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model, run / "model.pt")
+    history.save(run / "history.json")
+    fig = plot_history(history, title=f"{args.model} ({params:,} parameters)")
+    fig.savefig(run / "curves.png", dpi=100)
+    last = history.epochs[-1]
+    print(f"final test accuracy {last.test_acc:.2f}% after {last.epoch} epoch(s)")
+    print(f"saved model.pt, history.json and curves.png in {run}")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    for name in MODELS:
+        print(f"{name:12s} {count_parameters(get_model(name)):>8,} parameters")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser of `python -m mnist_lesson`."""
+    parser = argparse.ArgumentParser(prog="python -m mnist_lesson", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="fetch and verify MNIST, print where it is")
+    data.add_argument("--root", help="data folder (default: $MNIST_LESSON_DATA or a per-user cache)")
+    data.set_defaults(run=_data)
+
+    train = commands.add_parser("train", help="train a registered model with its recipe")
+    train.add_argument("model", choices=sorted(MODELS), help="registered model name")
+    train.add_argument("--epochs", type=int, help="number of epochs (default: the model's recipe)")
+    train.add_argument("--batch-size", type=int, help="training batch size (default: the recipe's)")
+    train.add_argument("--lr", type=float, help="learning rate (default: the recipe's)")
+    train.add_argument("--data", choices=["memory", "dataloader"], help="data path (default: the recipe's)")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    train.add_argument("--root", help="data folder (default: $MNIST_LESSON_DATA or a per-user cache)")
+    train.add_argument("--out", default="runs", help="folder for run folders (default ./runs)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+    train.set_defaults(run=_train)
+
+    listing = commands.add_parser("list", help="list registered models and their parameter counts")
+    listing.set_defaults(run=_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit status."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "epochs", None) is not None and args.epochs < 1:
+        print("error: --epochs must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        return args.run(args)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,166 @@
+"""Two ways to feed MNIST to a model: torchvision's Dataset + DataLoader, and an in-memory fast path.
+
+The fast path keeps the whole split as one uint8 tensor on the training device, draws shuffled
+mini-batches by indexing it, augments a whole batch at once (affine_grid + grid_sample) and
+normalizes on the fly. Both paths give the same normalized tensors (tests/test_loaders.py).
+Introduced in notebook 00.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
+
+from mnist_lesson.data import DataError, ensure_mnist
+
+# Pixel statistics of the 60,000 training images (as fractions of 255); notebook 00 computes them.
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Return the uint8 contents of an IDX image or label file, shaped as its header says."""
+    raw = path.read_bytes()
+    if len(raw) < 8 or raw[:2] != b"\x00\x00" or raw[2] != 0x08 or raw[3] not in (1, 3):
+        raise DataError(f"{path} is not an IDX file of unsigned bytes; delete it and run `python -m mnist_lesson data`")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    body = raw[4 + 4 * ndim :]
+    if len(body) != math.prod(shape):
+        raise DataError(f"{path} holds {len(body)} bytes of data, its header promises {math.prod(shape)}; "
+                        "delete it and run `python -m mnist_lesson data`")
+    return torch.from_numpy(np.frombuffer(body, dtype=np.uint8).reshape(shape).copy())
+
+
+def load_split(train: bool, root: str | os.PathLike[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (images uint8 [N, 28, 28], labels int64 [N]) of one split, fetching and verifying first."""
+    report = ensure_mnist(root, log=lambda message: print(message, flush=True))
+    prefix = "train" if train else "t10k"
+    images = read_idx(report.raw / f"{prefix}-images-idx3-ubyte")
+    labels = read_idx(report.raw / f"{prefix}-labels-idx1-ubyte").long()
+    return images, labels
+
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """Return float images [N, 1, 28, 28] from [0, 1] floats, standardized with the MNIST mean and std."""
+    return (images - MNIST_MEAN) / MNIST_STD
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """Return uint8 images [N, 28, 28] as float [N, 1, 28, 28] in [0, 1], as ToTensor does."""
+    return images.unsqueeze(1).float().div(255)
+
+
+def affine_batch(images: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Return [N, 1, H, W] images rotated by `degrees` [N] and shifted by `shifts` [N, 2] (fractions of the side)."""
+    angle = torch.deg2rad(degrees.to(images.dtype))
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # affine_grid works in [-1, 1] coordinates, so a shift of t * side is 2 * t.
+    shift = shifts.to(images.dtype) * 2
+    theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    # Zero padding is black background, since this runs before normalization.
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_affine(images: torch.Tensor, degrees: float, translate: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Return [N, 1, H, W] images each rotated by up to +-degrees and shifted by up to translate * side."""
+    # Drawn on the CPU (reproducible with one generator) and moved to the device in one copy.
+    draws = torch.rand(len(images), 3, generator=generator).mul_(2).sub_(1).to(images.device, non_blocking=True)
+    return affine_batch(images, draws[:, 0] * degrees, draws[:, 1:] * translate)
+
+
+class InMemoryLoader:
+    """Mini-batches of one MNIST split held on the device: shuffled, optionally augmented, normalized."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
+                 rotate_degrees: float = 0.0, translate: float = 0.0, device: str | torch.device = "cpu",
+                 seed: int = 0) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 3 or labels.shape != images.shape[:1]:
+            raise ValueError(f"expected uint8 images [N, H, W] and labels [N], got {images.dtype} "
+                             f"{tuple(images.shape)} and {tuple(labels.shape)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.rotate_degrees = rotate_degrees
+        self.translate = translate
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    @property
+    def num_examples(self) -> int:
+        """Number of images in the split."""
+        return len(self.labels)
+
+    def __iter__(self) -> Iterator[Batch]:
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        order = order.to(self.images.device)
+        augment = self.rotate_degrees > 0 or self.translate > 0
+        for start in range(0, n, self.batch_size):
+            index = order[start : start + self.batch_size]
+            x = to_unit_float(self.images[index])
+            if augment:
+                x = random_affine(x, self.rotate_degrees, self.translate, self.generator)
+            yield normalize(x), self.labels[index]
+
+
+def in_memory_loaders(batch_size: int, *, eval_batch_size: int = 1000, rotate_degrees: float = 0.0,
+                      translate: float = 0.0, device: str | torch.device = "cpu", seed: int = 0,
+                      root: str | os.PathLike[str] | None = None) -> tuple[InMemoryLoader, InMemoryLoader]:
+    """Return (train, test) in-memory loaders; only the training one shuffles and augments."""
+    train = InMemoryLoader(*load_split(True, root), batch_size, shuffle=True, rotate_degrees=rotate_degrees,
+                           translate=translate, device=device, seed=seed)
+    test = InMemoryLoader(*load_split(False, root), eval_batch_size, device=device)
+    return train, test
+
+
+def seed_transform(rotate_degrees: float = 0.0, translate: float = 0.0) -> transforms.Compose:
+    """Return the per-image torchvision transform: optional RandomAffine, ToTensor, Normalize."""
+    steps: list[object] = []
+    if rotate_degrees > 0 or translate > 0:
+        steps.append(transforms.RandomAffine(rotate_degrees, translate=(translate, translate)))
+    steps += [transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]
+    return transforms.Compose(steps)
+
+
+def torchvision_datasets(root: str | os.PathLike[str] | None = None, rotate_degrees: float = 0.0,
+                         translate: float = 0.0) -> tuple[datasets.MNIST, datasets.MNIST]:
+    """Return torchvision's (train, test) MNIST Datasets over the verified files under the data root."""
+    base = ensure_mnist(root, log=lambda message: print(message, flush=True)).root
+    train = datasets.MNIST(base, train=True, transform=seed_transform(rotate_degrees, translate))
+    test = datasets.MNIST(base, train=False, transform=seed_transform())
+    return train, test
+
+
+def dataloaders(batch_size: int, *, eval_batch_size: int = 1000, rotate_degrees: float = 0.0,
+                translate: float = 0.0, num_workers: int | None = None, device: str | torch.device = "cpu",
+                seed: int = 0, root: str | os.PathLike[str] | None = None) -> tuple[DataLoader, DataLoader]:
+    """Return (train, test) torchvision DataLoaders as the seed notebook built them."""
+    train_set, test_set = torchvision_datasets(root, rotate_degrees, translate)
+    if num_workers is None:
+        num_workers = min(2, os.cpu_count() or 1)  # Colab has 2 CPUs and warns above that
+    pin = torch.device(device).type == "cuda"
+    common = dict(num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0)
+    generator = torch.Generator().manual_seed(seed)
+    train = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator, **common)
+    test = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False, **common)
+    return train, test
+

@@ -1,0 +1,50 @@
+"""The command line, end to end, in smoke mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from mnist_lesson import cli
+from mnist_lesson.models import get_model
+from mnist_lesson.train import load_checkpoint
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, MNIST_LESSON_SMOKE="1")
+    return subprocess.run([sys.executable, "-m", "mnist_lesson", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_train_seed_prints_params_and_accuracy_and_saves_a_run(tmp_path: Path, mnist_root: Path) -> None:
+    done = run_cli("train", "seed", "--root", str(mnist_root), "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "model seed: 13,816 parameters" in done.stdout
+    assert "epoch  1/1: train loss" in done.stdout and "test loss" in done.stdout
+    assert "epoch 1/1" in done.stderr  # the progress bar (text, outside a notebook)
+    (run,) = (tmp_path / "runs").iterdir()
+    assert {p.name for p in run.iterdir()} == {"model.pt", "history.json", "curves.png"}
+    history = json.loads((run / "history.json").read_text())
+    assert history["meta"]["model"] == "seed" and history["meta"]["params"] == 13_816
+    assert len(history["epochs"]) == 1
+    model = load_checkpoint(get_model("seed"), run / "model.pt").eval()
+    assert isinstance(model(torch.zeros(1, 1, 28, 28)), torch.Tensor)
+
+
+def test_unknown_model_and_bad_arguments_exit_with_a_message(tmp_path: Path) -> None:
+    done = run_cli("train", "resnet", cwd=tmp_path)
+    assert done.returncode == 2 and "invalid choice: 'resnet'" in done.stderr
+    done = run_cli("train", "seed", "--epochs", "0", cwd=tmp_path)
+    assert done.returncode == 2 and "--epochs must be at least 1" in done.stderr
+    done = run_cli("train", "seed", "--device", "tpu", cwd=tmp_path)
+    assert done.returncode == 2 and "unknown device 'tpu'" in done.stderr
+
+
+def test_list_shows_registered_models(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert cli.main(["list"]) == 0
+    assert "seed" in capsys.readouterr().out

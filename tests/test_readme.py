@@ -1,0 +1,34 @@
+"""The README: its two commands are the ones CI runs, and its figures come from committed results files."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_readme_tables_match_the_results_files() -> None:
+    done = subprocess.run([sys.executable, "benchmarks/readme_tables.py", "--check"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_ci_runs_the_readme_commands() -> None:
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.DOTALL)
+    install, test = blocks[0].strip(), blocks[1].strip()
+    assert install == "pip install -r requirements.txt && python -m mnist_lesson train seed"
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    assert test in ci, "CI must run the README's test command exactly"
+    assert install.replace("&& python", "&& MNIST_LESSON_SMOKE=1 python") in ci
+
+
+def test_requirements_never_pin_torch_exactly() -> None:
+    lines = [line.split("#")[0].strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
+    for name in ("torch", "torchvision"):
+        (spec,) = [line for line in lines if re.match(rf"{name}\b(?!vision)", line)]
+        assert ">=" in spec and "==" not in spec and "<" not in spec, spec
+    assert "-e ." in lines
