@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,12 +21,15 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def data_paths_table(results: Path = RESULTS) -> str:
-    """Return the markdown rows of the data-path benchmark (one per results file)."""
-    rows = ["| device | model | DataLoader s/epoch | in-memory s/epoch | ratio |", "|---|---|---|---|---|"]
+    """Return the markdown rows of the data-path benchmark: median epoch time per configuration."""
+    rows = ["| device | model | configuration | s/epoch (median) | vs seed's DataLoader |", "|---|---|---|---|---|"]
     for path in sorted(results.glob("data_paths_*.json")):
         run = json.loads(path.read_text())
-        loader, memory = min(run["seconds"]["dataloader"]), min(run["seconds"]["memory"])
-        rows.append(f"| {run['device']} | {run['model']} | {loader:.1f} | {memory:.1f} | {memory / loader:.2f}x |")
+        medians = {name: statistics.median(values) for name, values in run["seconds"].items()}
+        baseline = medians["seed: DataLoader"]
+        for name, seconds in medians.items():
+            rows.append(f"| {run['device']} | {run['model']} | {name} (n={len(run['seconds'][name])}) "
+                        f"| {seconds:.1f} | {seconds / baseline:.2f}x |")
     return "\n".join(rows)
 
 

@@ -46,6 +46,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _summary(args: argparse.Namespace) -> int:
+    from mnist_lesson.budget import summary_text
+
+    print(f"model {args.model}")
+    print(summary_text(get_model(args.model), limit=args.limit))
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     for name in MODELS:
         print(f"{name:12s} {count_parameters(get_model(name)):>8,} parameters")
@@ -73,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", default="runs", help="folder for run folders (default ./runs)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
     train.set_defaults(run=_train)
+
+    summary = commands.add_parser("summary", help="print a registered model's layer table and parameter report")
+    summary.add_argument("model", choices=sorted(MODELS), help="registered model name")
+    summary.add_argument("--limit", type=int, default=20_000, help="parameter budget to check (default 20000)")
+    summary.set_defaults(run=_summary)
 
     listing = commands.add_parser("list", help="list registered models and their parameter counts")
     listing.set_defaults(run=_list)

@@ -23,6 +23,7 @@ class Recipe:
     translate: float = 0.0  # augmentation: random shift up to this fraction of the image side
     data: Literal["memory", "dataloader"] = "memory"  # in-memory tensors or torchvision's DataLoader
     eval_batch_size: int = 1000  # batch size for evaluating on the test set
+    channels_last: bool = True  # NHWC weights/activations: ~25% faster convs on a 2-core CPU, same numbers
 
     def with_overrides(self, **changes: Any) -> Recipe:
         """Return a copy with the given fields changed; None values keep the default."""

@@ -12,8 +12,10 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from matplotlib import pyplot as plt
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from mnist_lesson.receptive_field import LayerTable
 from mnist_lesson.train import History
 
 
@@ -55,4 +57,24 @@ def show_digits(images: torch.Tensor, labels: Sequence[int] | torch.Tensor,
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
     plt.close(fig)
+    return fig
+
+
+def plot_receptive_field(table: LayerTable, ax: Axes | None = None) -> Figure:
+    """Return a figure of receptive field and output side per layer against the image side (notebook 02)."""
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * len(table.rows)), 4.5), layout="constrained")
+        plt.close(fig)
+    else:
+        fig = ax.figure.figure  # the root Figure, also when ax sits in a SubFigure
+    x = list(range(len(table.rows)))
+    sides = [row.out_shape[-1] if len(row.out_shape) == 3 else float("nan") for row in table.rows]
+    ax.plot(x, [row.rf for row in table.rows], marker="o", label="receptive field (input pixels)")
+    ax.plot(x, sides, marker=".", linestyle="--", label="output side (units)")
+    ax.axhline(table.image_side, color="grey", linewidth=1,
+               label=f"image side ({table.image_side})")
+    ax.set_xticks(x, [row.name for row in table.rows], rotation=90, fontsize="small")
+    ax.set_ylabel("side")
+    ax.set_title(table.verdict())
+    ax.legend(loc="best")
     return fig

@@ -209,11 +209,19 @@ def make_loaders(recipe: Recipe, device: torch.device, seed: int = 0,
     raise ValueError(f"unknown data path {recipe.data!r}; use memory or dataloader")
 
 
+def prepare_model(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.Module:
+    """Return `model` moved to `device`, in channels-last memory layout when the recipe asks for it."""
+    model = model.to(device)
+    if recipe.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
 def train_recipe(build: Callable[[], nn.Module], recipe: Recipe, *, device: torch.device, seed: int = 0,
                  root: str | os.PathLike[str] | None = None, progress: bool = True) -> tuple[nn.Module, History]:
     """Seed, build the model with `build()`, train it with `recipe` on `device`; return (model, History)."""
     seed_everything(seed)  # before building, so the initial weights depend on the seed too
-    model = build().to(device)
+    model = prepare_model(build(), recipe, device)
     train_batches, test_batches = make_loaders(recipe, device, seed, root)
     optimizer, scheduler, per_batch = make_optimizer(model, recipe, len(train_batches))
     history = fit(model, train_batches, test_batches, optimizer, epochs=recipe.epochs, device=device,

@@ -48,3 +48,14 @@ def test_unknown_model_and_bad_arguments_exit_with_a_message(tmp_path: Path) -> 
 def test_list_shows_registered_models(capsys) -> None:  # type: ignore[no-untyped-def]
     assert cli.main(["list"]) == 0
     assert "seed" in capsys.readouterr().out
+
+
+def test_summary_prints_layer_table_and_budget(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert cli.main(["summary", "seed"]) == 0
+    out = capsys.readouterr().out
+    assert "33  gap        AvgPool2d    16x1x1    32    10       0  <- RF reaches 28x28" in out
+    assert "Final receptive field 32x32 covers the 28x28 input" in out
+    assert "conv1    4,776   34.6%" in out
+    assert "Budget < 20,000: under budget by 6,184" in out
+    assert cli.main(["summary", "seed", "--limit", "10000"]) == 0
+    assert "OVER budget by 3,817" in capsys.readouterr().out

@@ -1,0 +1,120 @@
+"""Parameter budget: where a model's parameters sit, and whether it stays under the course's limit.
+
+Counts come straight from `model.parameters()` (each tensor once, trainable or not), the same total that
+torchinfo reports as "Total params"; the tests cross-check the two. The limit is strict, as in the
+assignment's "fewer than 20,000 parameters": a model with exactly `limit` parameters is over budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from torch import nn
+
+from mnist_lesson.receptive_field import layer_table
+
+ADVICE = (
+    "To shrink it: squeeze channels with 1x1 transition convs before the expensive 3x3 convs, use fewer "
+    "channels in the heaviest block, and end with global average pooling instead of a big final conv or "
+    "Linear layer."
+)
+
+
+class BudgetError(ValueError):
+    """Raised when a model has as many parameters as the limit or more."""
+
+
+@dataclass(frozen=True)
+class BlockParams:
+    """The parameters of one block (a submodule at the chosen depth) and its share of the total."""
+
+    name: str  # dotted module path, e.g. "conv1" or "conv1.0"
+    params: int  # parameters in the block, a tensor shared with an earlier block not counted again
+    percent: float  # 100 * params / model total
+
+
+def _check_model(model: object) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def _blocks(module: nn.Module, prefix: str, levels_left: int) -> Iterator[tuple[str, nn.Module, bool]]:
+    """Yield (name, module, recurse) for every block; recurse=False marks a container's own parameters."""
+    children = list(module.named_children())
+    if levels_left == 0 or not children:
+        yield prefix, module, True
+        return
+    if any(True for _ in module.parameters(recurse=False)):
+        # Parameters held by a container itself would otherwise belong to no block.
+        yield prefix or type(module).__name__, module, False
+    for name, child in children:
+        yield from _blocks(child, f"{prefix}.{name}" if prefix else name, levels_left - 1)
+
+
+def block_params(model: nn.Module, depth: int = 1) -> list[BlockParams]:
+    """Return the parameter count and share of each block, top-level children by default (notebook 02)."""
+    _check_model(model)
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise ValueError(f"depth must be an int >= 1, got {depth!r}")
+    total = sum(p.numel() for p in model.parameters())
+    seen: set[int] = set()
+    blocks = []
+    for name, module, recurse in _blocks(model, "", depth):
+        own = [p for p in module.parameters(recurse=recurse) if id(p) not in seen]
+        seen.update(id(p) for p in own)
+        count = sum(p.numel() for p in own)
+        blocks.append(BlockParams(name, count, 100.0 * count / total if total else 0.0))
+    return blocks
+
+
+def _check_limit(limit: object) -> int:
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        raise TypeError(f"limit must be an int (e.g. 20_000), got {type(limit).__name__}")
+    if limit <= 0:
+        raise ValueError(f"limit must be positive, got {limit}")
+    return limit
+
+
+def _budget_line(total: int, limit: int) -> str:
+    if total < limit:
+        return f"Budget < {limit:,}: under budget by {limit - total:,}"
+    return f"Budget < {limit:,}: OVER budget by {total - limit + 1:,} (remove at least that many)"
+
+
+def parameter_report(model: nn.Module, limit: int | None = None) -> str:
+    """Return a text table of parameters per block with the total, and the budget verdict if `limit`."""
+    if limit is not None:
+        _check_limit(limit)
+    blocks = block_params(model)
+    total = sum(p.numel() for p in model.parameters())
+    cells = [("block", "params", "%")]
+    cells += [(b.name, f"{b.params:,}", f"{b.percent:.1f}%") for b in blocks]
+    cells.append(("total", f"{total:,}", "100.0%" if total else "0.0%"))
+    widths = [max(len(row[col]) for row in cells) for col in range(3)]
+    lines = [f"{n.ljust(widths[0])}  {p.rjust(widths[1])}  {s.rjust(widths[2])}" for n, p, s in cells]
+    if limit is not None:
+        lines.append(_budget_line(total, limit))
+    return "\n".join(lines)
+
+
+def check_budget(model: nn.Module, limit: int) -> int:
+    """Return the model's parameter count; raise BudgetError unless it is strictly below `limit`."""
+    _check_model(model)
+    _check_limit(limit)
+    total = sum(p.numel() for p in model.parameters())
+    if total < limit:
+        return total
+    heaviest = sorted(block_params(model), key=lambda b: b.params, reverse=True)[:3]
+    listed = ", ".join(f"{b.name} {b.params:,} ({b.percent:.1f}%)" for b in heaviest if b.params)
+    raise BudgetError(
+        f"{type(model).__name__} has {total:,} parameters; the budget is fewer than {limit:,} "
+        f"(over by {total - limit + 1:,}). Heaviest blocks: {listed}. {ADVICE}"
+    )
+
+
+def summary_text(model: nn.Module, input_size: tuple[int, int, int] = (1, 28, 28),
+                 limit: int | None = None) -> str:
+    """Return the layer table and the parameter report as one text (`python -m mnist_lesson summary`)."""
+    return f"{layer_table(model, input_size).to_text()}\n\n{parameter_report(model, limit)}"

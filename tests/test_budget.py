@@ -1,0 +1,131 @@
+"""Parameter budget: hand counts for the seed, torchinfo as a second count, the strict limit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchinfo
+from torch import nn
+
+from mnist_lesson.budget import BudgetError, block_params, check_budget, parameter_report, summary_text
+from mnist_lesson.models import get_model
+from mnist_lesson.receptive_field import layer_table
+
+# The seed's blocks by hand (3x3 conv without bias: in * out * 9; BatchNorm: 2 * channels):
+#   conv1  = (1*8*9 + 16) + (8*16*9 + 32) + (16*24*9 + 48) = 88 + 1184 + 3504 = 4776
+#   trans1 = 24*8 (1x1 conv)                                                    =  192
+#   conv2  = (8*16*9 + 32) + (16*24*9 + 48) = 1184 + 3504                       = 4688
+#   trans2 = 24*8                                                               =  192
+#   conv3  = (8*16*9 + 32) + (16*16*9 + 32) = 1184 + 2336                       = 3520
+#   gap    = 0 (average pooling has no weights)
+#   head   = (16*16 + 32) + 16*10 = 288 + 160                                   =  448
+#   total  = 13,816; heaviest: conv1 (34.6%), conv2 (33.9%), conv3 (25.5%)
+SEED_BLOCKS = [("conv1", 4776), ("trans1", 192), ("conv2", 4688), ("trans2", 192), ("conv3", 3520),
+               ("gap", 0), ("head", 448)]
+
+
+@pytest.fixture(scope="module")
+def seed() -> nn.Module:
+    return get_model("seed")
+
+
+def test_seed_total_matches_torchinfo(seed: nn.Module) -> None:
+    stats = torchinfo.summary(seed, input_size=(1, 1, 28, 28), verbose=0, depth=1)
+    assert check_budget(seed, 20_000) == 13_816 == stats.total_params
+    assert sum(p.numel() for p in seed.parameters()) == 13_816
+
+
+def test_seed_blocks_by_hand_and_torchinfo(seed: nn.Module) -> None:
+    blocks = block_params(seed)
+    assert [(b.name, b.params) for b in blocks] == SEED_BLOCKS
+    stats = torchinfo.summary(seed, input_size=(1, 1, 28, 28), verbose=0, depth=1)
+    theirs = [(layer.var_name, layer.num_params) for layer in stats.summary_list if layer.depth == 1]
+    assert theirs == SEED_BLOCKS
+    assert sum(b.percent for b in blocks) == pytest.approx(100.0)
+    assert [round(b.percent, 1) for b in blocks] == [34.6, 1.4, 33.9, 1.4, 25.5, 0.0, 3.2]
+
+
+def test_depth_two_splits_blocks(seed: nn.Module) -> None:
+    blocks = {b.name: b.params for b in block_params(seed, depth=2)}
+    assert (blocks["conv1.0"], blocks["conv1.1"], blocks["conv1.2"]) == (88, 1184, 3504)
+    assert blocks["gap"] == 0  # a leaf at depth 1 stays its own block
+    assert sum(blocks.values()) == 13_816
+
+
+class OwnScale(nn.Module):
+    """A container that holds a parameter itself, next to a child."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+        self.body = nn.Linear(2, 2)
+
+
+class Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+
+
+def test_container_parameters_and_shared_tensors_are_counted_once() -> None:
+    assert [(b.name, b.params) for b in block_params(OwnScale())] == [("OwnScale", 3), ("body", 6)]
+    # b reuses a's 4x4 weight: a = 16 + 4, b = its bias 4 only; 24 unique parameters.
+    assert [(b.name, b.params) for b in block_params(Tied())] == [("a", 20), ("b", 4)]
+    assert check_budget(Tied(), 25) == 24
+
+
+def test_parameter_report(seed: nn.Module) -> None:
+    plain = parameter_report(seed)
+    assert plain.splitlines()[0].split() == ["block", "params", "%"]
+    assert plain.splitlines()[1].split() == ["conv1", "4,776", "34.6%"]
+    assert plain.splitlines()[-1].split() == ["total", "13,816", "100.0%"]
+    assert "budget" not in plain.lower()
+    assert parameter_report(seed, 20_000).endswith("under budget by 6,184")  # 20,000 - 13,816
+    # 13,816 - 10,000 + 1: the limit is strict, so 3,817 parameters must go.
+    assert "OVER budget by 3,817" in parameter_report(seed, 10_000).splitlines()[-1]
+
+
+def test_limit_is_strict(seed: nn.Module) -> None:
+    assert check_budget(seed, 13_817) == 13_816
+    with pytest.raises(BudgetError, match="fewer than 13,816"):
+        check_budget(seed, 13_816)
+
+
+def test_over_budget_message_names_heaviest_blocks(seed: nn.Module) -> None:
+    with pytest.raises(BudgetError) as info:
+        check_budget(seed, 10_000)
+    message = str(info.value)
+    heaviest = ["conv1 4,776 (34.6%)", "conv2 4,688 (33.9%)", "conv3 3,520 (25.5%)"]
+    positions = [message.index(text) for text in heaviest]
+    assert positions == sorted(positions)
+    assert "head" not in message.split("Heaviest blocks:")[1].split(".")[0]  # only the top 3
+    assert "1x1" in message and "global average pooling" in message
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(("limit", "error"), [
+    ("20000", TypeError), (20_000.0, TypeError), (True, TypeError), (0, ValueError), (-5, ValueError)])
+def test_bad_limit(seed: nn.Module, limit: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match="limit"):
+        check_budget(seed, limit)  # type: ignore[arg-type]
+    with pytest.raises(error, match="limit"):
+        parameter_report(seed, limit)  # type: ignore[arg-type]
+
+
+def test_bad_model_and_depth(seed: nn.Module) -> None:
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        check_budget("seed", 20_000)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        block_params(None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="depth"):
+        block_params(seed, depth=0)
+
+
+def test_summary_text_joins_table_and_report(seed: nn.Module) -> None:
+    text = summary_text(seed, limit=20_000)
+    table = layer_table(seed).to_text()
+    assert text == f"{table}\n\n{parameter_report(seed, 20_000)}"
+    assert "Final receptive field 32x32 covers the 28x28 input" in text
+    assert text.endswith("under budget by 6,184")
