@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from mnist_lesson.results import LAST_EPOCHS, TARGET, step_summaries, steps_table
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
@@ -33,7 +35,48 @@ def data_paths_table(results: Path = RESULTS) -> str:
     return "\n".join(rows)
 
 
-TABLES: dict[str, Callable[[], str]] = {"data-paths-benchmark": data_paths_table}
+def steps_results_table(results: Path = RESULTS) -> str:
+    """Return the markdown table of every notebook's recorded full run."""
+    return steps_table(step_summaries(results / "steps"))
+
+
+def seeds_results_table(results: Path = RESULTS) -> str:
+    """Return the markdown table of multi-seed verification runs (benchmarks/seeds.py)."""
+    rows = ["| model | parameters | seed | last 3 epochs (test acc %) | all >= 99.40 | best | s/run | device |",
+            "|---|---:|---:|---|---|---:|---:|---|"]
+    for path in sorted(results.glob("seeds_*.json")):
+        data = json.loads(path.read_text())
+        for run in data["runs"]:
+            last = run["test_acc"][-LAST_EPOCHS:]
+            last_text = ", ".join(f"{a:.2f}" for a in last)
+            rows.append(f"| {data['model']} | {data['params']:,} | {run['seed']} | {last_text} "
+                        f"| {'yes' if min(last) >= TARGET else 'NO'} | {max(run['test_acc']):.2f} "
+                        f"| {run['seconds']:.0f} | {run['device']} |")
+    return "\n".join(rows)
+
+
+def notebook_times_table(results: Path = RESULTS) -> str:
+    """Return the markdown table of full-run wall times per notebook and device (benchmarks/run_notebooks.py)."""
+    path = results / "notebook_times.json"
+    times = json.loads(path.read_text()) if path.exists() else {}
+    devices = sorted(times)
+    rows = ["| notebook | " + " | ".join(f"minutes on {d}" for d in devices) + " |",
+            "|---|" + "---:|" * len(devices)]
+    names = sorted({name for per_device in times.values() for name in per_device})
+    for name in names:
+        cells = [f"{times[d][name] / 60:.1f}" if name in times[d] else "not measured" for d in devices]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    totals = [f"{sum(times[d].values()) / 60:.1f}" for d in devices]
+    rows.append("| whole series | " + " | ".join(totals) + " |")
+    return "\n".join(rows)
+
+
+TABLES: dict[str, Callable[[], str]] = {
+    "data-paths-benchmark": data_paths_table,
+    "steps-results": steps_results_table,
+    "seeds-results": seeds_results_table,
+    "notebook-times": notebook_times_table,
+}
 
 
 def render(readme: str) -> str:

@@ -1,4 +1,4 @@
-"""Command line: `python -m mnist_lesson data | train NAME | summary NAME | list`."""
+"""Command line: `python -m mnist_lesson data | train NAME | summary NAME | colab | list`."""
 
 from __future__ import annotations
 
@@ -54,6 +54,22 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _colab(args: argparse.Namespace) -> int:
+    from mnist_lesson.colab import REPOSITORY, check_notebook, sync_notebook
+
+    paths = sorted(Path(args.folder).glob("*.ipynb"))
+    if not paths:
+        print(f"error: no notebooks in {args.folder}", file=sys.stderr)
+        return 2
+    if args.sync:
+        for path in paths:
+            print(f"{path.name}: {'updated' if sync_notebook(path) else 'already in sync'}")
+        return 0
+    problems = [problem for path in paths for problem in check_notebook(path)]
+    print("\n".join(problems) or f"{len(paths)} notebooks point at {REPOSITORY}")
+    return 1 if problems else 0
+
+
 def _list(args: argparse.Namespace) -> int:
     for name in MODELS:
         print(f"{name:12s} {count_parameters(get_model(name)):>8,} parameters")
@@ -86,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("model", choices=sorted(MODELS), help="registered model name")
     summary.add_argument("--limit", type=int, default=20_000, help="parameter budget to check (default 20000)")
     summary.set_defaults(run=_summary)
+
+    colab = commands.add_parser("colab", help="check (or --sync) every notebook's Colab badge and setup cell")
+    colab.add_argument("--sync", action="store_true", help="rewrite them from mnist_lesson/colab.py")
+    colab.add_argument("--folder", default="notebooks", help="notebook folder (default ./notebooks)")
+    colab.set_defaults(run=_colab)
 
     listing = commands.add_parser("list", help="list registered models and their parameter counts")
     listing.set_defaults(run=_list)

@@ -54,13 +54,15 @@ def count_parameters(model: nn.Module) -> int:
 
 
 def conv_block(in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 0,
-               dropout: float = 0.0) -> nn.Sequential:
-    """Return conv (no bias) -> ReLU -> BatchNorm -> Dropout2d, the seed's building block."""
+               dropout: float = 0.0, batch_norm: bool = True) -> nn.Sequential:
+    """Return conv -> ReLU -> BatchNorm -> Dropout2d (the seed's block); BN and dropout can be left out."""
     layers: list[nn.Module] = [
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=False),
+        # With BN after it, a conv bias is redundant; without BN the conv keeps its bias.
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=not batch_norm),
         nn.ReLU(),
-        nn.BatchNorm2d(out_channels),
     ]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_channels))
     if dropout > 0:
         layers.append(nn.Dropout2d(dropout))
     return nn.Sequential(*layers)
@@ -113,3 +115,109 @@ class SeedNet(nn.Module):
 def seed() -> nn.Module:
     """Return the seed model (13,816 parameters); introduced in the foundation, studied in notebook 02."""
     return SeedNet()
+
+
+# --- the notebook series: one model per step --------------------------------------------------------
+
+FIRST_RECIPE = Recipe(epochs=1, batch_size=128, lr=0.01, momentum=0.9)
+STEP_RECIPE = Recipe(epochs=8, batch_size=128, lr=0.01, momentum=0.9)
+FINAL_RECIPE = Recipe(epochs=15, batch_size=64, lr=0.1, momentum=0.9, nesterov=True, schedule="onecycle",
+                      rotate_degrees=7.0, translate=0.1)
+
+
+class FirstNet(nn.Module):
+    """Notebook 01: the large network most tutorials stop at (two convs, then a big fully connected layer)."""
+
+    def __init__(self, side: int = 28) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.ReLU(),  # side - 2
+            nn.Conv2d(32, 64, 3), nn.ReLU(),  # side - 4
+            nn.MaxPool2d(2), nn.Dropout(0.25),  # (side - 4) / 2
+        )
+        flat = 64 * ((side - 4) // 2) ** 2  # 64 x 12 x 12 = 9,216 features for a 28x28 digit
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10), nn.LogSoftmax(dim=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class StepNet(nn.Module):
+    """Notebooks 02-07: one skeleton designed from the receptive field; each step switches on one idea.
+
+    squeeze: 1x1 transitions that cut 32 channels to 8 after each expanding block (notebook 03)
+    batch_norm: BatchNorm after every 3x3 conv (notebook 04)
+    dropout: Dropout2d probability after every 3x3 conv (notebook 05)
+    gap: global average pooling + 1x1 conv instead of a 4x4 conv as the last layer (notebook 06)
+    head_width: hidden 1x1 layer of this width after the average pool, 0 for none (notebook 07)
+    """
+
+    def __init__(self, squeeze: bool = False, batch_norm: bool = False, dropout: float = 0.0, gap: bool = False,
+                 head_width: int = 0) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int, padding: int = 0) -> nn.Sequential:
+            return conv_block(c_in, c_out, padding=padding, dropout=dropout, batch_norm=batch_norm)
+
+        squeezed = 8 if squeeze else 32
+        # Comments: output side, receptive field (RF) in input pixels.
+        self.block1 = nn.Sequential(block(1, 8, padding=1), block(8, 16), block(16, 32))  # 24, RF 7
+        self.trans1 = nn.Sequential(*([transition(32, 8, pool=False)] if squeeze else []), nn.MaxPool2d(2))  # 12, RF 8
+        self.block2 = nn.Sequential(block(squeezed, 16), block(16, 32))  # 8, RF 16
+        self.trans2 = transition(32, 8, pool=False) if squeeze else nn.Identity()
+        self.block3 = nn.Sequential(block(squeezed, 16), block(16, 16))  # 4, RF 24
+        if not gap:
+            self.head = nn.Conv2d(16, 10, 4)  # 1, RF 30: one big kernel over the whole 4x4 map
+        elif head_width:
+            self.head = nn.Sequential(nn.AvgPool2d(4), conv_block(16, head_width, kernel_size=1, batch_norm=batch_norm),
+                                      nn.Conv2d(head_width, 10, 1, bias=False))
+        else:
+            self.head = nn.Sequential(nn.AvgPool2d(4), nn.Conv2d(16, 10, 1, bias=False))  # 1, RF 30
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block3(self.trans2(self.block2(self.trans1(self.block1(x)))))
+        return torch.log_softmax(self.head(x).flatten(1), dim=1)
+
+
+@register("first", FIRST_RECIPE)
+def first() -> nn.Module:
+    """Return the large first network of notebook 01 (1.2M parameters)."""
+    return FirstNet()
+
+
+@register("skeleton", STEP_RECIPE)
+def skeleton() -> nn.Module:
+    """Return the receptive-field skeleton of notebook 02: 3x3 convs, one max-pool, a 4x4 last conv."""
+    return StepNet()
+
+
+@register("transitions", STEP_RECIPE)
+def transitions() -> nn.Module:
+    """Return notebook 03's model: the skeleton with 1x1 transitions that squeeze 32 channels to 8."""
+    return StepNet(squeeze=True)
+
+
+@register("batchnorm", STEP_RECIPE)
+def batchnorm() -> nn.Module:
+    """Return notebook 04's model: transitions plus BatchNorm after every 3x3 conv."""
+    return StepNet(squeeze=True, batch_norm=True)
+
+
+@register("dropout", STEP_RECIPE)
+def dropout() -> nn.Module:
+    """Return notebook 05's model: batchnorm plus Dropout2d(0.1) after every 3x3 conv."""
+    return StepNet(squeeze=True, batch_norm=True, dropout=0.1)
+
+
+@register("gap", STEP_RECIPE)
+def gap() -> nn.Module:
+    """Return notebook 06's model: dropout with global average pooling in place of the 4x4 last conv."""
+    return StepNet(squeeze=True, batch_norm=True, dropout=0.1, gap=True)
+
+
+@register("final", FINAL_RECIPE)
+def final() -> nn.Module:
+    """Return notebook 07's final model: gap plus a 32-wide 1x1 layer after the average pool."""
+    return StepNet(squeeze=True, batch_norm=True, dropout=0.05, gap=True, head_width=32)

@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from mnist_lesson.receptive_field import LayerTable
+from mnist_lesson.results import TARGET, RunSummary
 from mnist_lesson.train import History
 
 
@@ -77,4 +78,46 @@ def plot_receptive_field(table: LayerTable, ax: Axes | None = None) -> Figure:
     ax.set_ylabel("side")
     ax.set_title(table.verdict())
     ax.legend(loc="best")
+    return fig
+
+
+def plot_generalization_gap(histories: Mapping[str, History]) -> Figure:
+    """Return a figure of train minus test accuracy per epoch for each run (notebook 05)."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, history in histories.items():
+        pairs = zip(history.column("train_acc"), history.column("test_acc"), strict=True)
+        gap = [train - test for train, test in pairs]
+        ax.plot(history.column("epoch"), gap, marker="o", label=label)
+    ax.axhline(0, color="grey", linewidth=1)
+    ax.set(xlabel="epoch", ylabel="train acc - test acc (points)", title="generalization gap")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_params_vs_accuracy(summaries: Sequence[RunSummary],
+                            anchors: Sequence[tuple[str, int, float]] = ()) -> Figure:
+    """Return a log-x scatter of parameters against the lowest of the last epochs' test accuracy (notebook 07).
+
+    `anchors` are (label, params, accuracy) points from elsewhere, drawn as grey crosses.
+    """
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for summary in summaries:
+        ax.scatter(summary.params, summary.last_min, color="tab:blue")
+        ax.annotate(summary.model, (summary.params, summary.last_min), textcoords="offset points", xytext=(5, -10),
+                    fontsize="small")
+    for label, params, accuracy in anchors:
+        ax.scatter(params, accuracy, marker="x", color="grey")
+        ax.annotate(label, (params, accuracy), textcoords="offset points", xytext=(5, 5), fontsize="small",
+                    color="grey")
+    ax.axhline(TARGET, color="tab:red", linewidth=1, label=f"{TARGET:.1f}% target")
+    ax.axvline(20_000, color="tab:orange", linewidth=1, linestyle="--", label="20,000 parameters")
+    ax.set(xscale="log", xlabel="parameters", ylabel="lowest test accuracy of the last 3 epochs (%)",
+           title="accuracy against size")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    plt.close(fig)
     return fig

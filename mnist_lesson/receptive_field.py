@@ -159,6 +159,10 @@ class LayerTable:
     def __str__(self) -> str:
         return self.to_text()
 
+    def __repr__(self) -> str:
+        # The plain-text view outside HTML front ends (a terminal, nbval's text/plain comparison).
+        return self.to_text()
+
     def _repr_html_(self) -> str:
         """Return the table as HTML for Jupyter, highlighting the row where the RF first covers the image."""
         full = self._first_full_index()

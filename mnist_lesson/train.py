@@ -125,6 +125,17 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device,
     return loss_sum.item() / count, 100.0 * correct.item() / count
 
 
+def predict(model: nn.Module, batches: Batches, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (predicted classes, true labels) of `model` over `batches`, on the CPU (notebook 07)."""
+    model.eval()
+    predictions, labels = [], []
+    with torch.no_grad():
+        for x, y in batches:
+            predictions.append(model(x.to(device)).argmax(dim=1).cpu())
+            labels.append(y.cpu())
+    return torch.cat(predictions), torch.cat(labels)
+
+
 def fit(model: nn.Module, train_batches: Batches, test_batches: Batches, optimizer: torch.optim.Optimizer, *,
         epochs: int, device: torch.device, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
         scheduler_per_batch: bool = False, progress: bool = True,

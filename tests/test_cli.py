@@ -59,3 +59,28 @@ def test_summary_prints_layer_table_and_budget(capsys) -> None:  # type: ignore[
     assert "Budget < 20,000: under budget by 6,184" in out
     assert cli.main(["summary", "seed", "--limit", "10000"]) == 0
     assert "OVER budget by 3,817" in capsys.readouterr().out
+
+
+def test_colab_check_and_sync(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import shutil
+
+    import nbformat
+
+    from mnist_lesson.colab import REPOSITORY, badge
+
+    repo = Path(__file__).resolve().parents[1]
+    copy = tmp_path / "03_transitions.ipynb"
+    shutil.copy(repo / "notebooks" / "03_transitions.ipynb", copy)
+    assert cli.main(["colab", "--folder", str(tmp_path)]) == 0
+    assert f"1 notebooks point at {REPOSITORY}" in capsys.readouterr().out
+    # A fork's stale address: the check names the notebook, --sync repairs badge and setup cell.
+    nb = nbformat.read(copy, as_version=4)
+    nb.cells[0].source = nb.cells[0].source.replace(REPOSITORY, "someone/old-fork")
+    nb.cells[1].source = nb.cells[1].source.replace(REPOSITORY, "someone/old-fork")
+    nbformat.write(nb, copy)
+    assert cli.main(["colab", "--folder", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "03_transitions.ipynb: the first cell lacks the badge" in out and "setup cell" in out
+    assert cli.main(["colab", "--sync", "--folder", str(tmp_path)]) == 0
+    assert badge(copy.name) in nbformat.read(copy, as_version=4).cells[0].source
+    assert cli.main(["colab", "--folder", str(tmp_path)]) == 0

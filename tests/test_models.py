@@ -58,3 +58,26 @@ def test_recipe_overrides_reject_unknown_fields() -> None:
     assert Recipe().with_overrides(epochs=3, lr=None).epochs == 3
     with pytest.raises(TypeError, match="no field"):
         Recipe().with_overrides(epoch=3)
+
+
+# Parameter counts worked out by hand (weights + biases, BN = 2 per channel), checked against torchinfo.
+# skeleton: block1 (1*8*9+8) + (8*16*9+16) + (16*32*9+32) = 5,888; block2 (32*16*9+16) + (16*32*9+32) = 9,264;
+#   block3 (32*16*9+16) + (16*16*9+16) = 6,944; head 16*10*16+10 = 2,570 -> 24,666
+# transitions: block1 5,888; trans1 32*8 = 256; block2 (8*16*9+16) + 4,640 = 5,808; trans2 256;
+#   block3 (8*16*9+16) + 2,320 = 3,488; head 2,570 -> 18,266
+# batchnorm: conv biases (8+16+32+16+32+16+16 = 136) become BN pairs (272): 18,266 - 136 + 272 = 18,402
+# gap: head 2,570 -> 16*10 = 160: 18,402 - 2,410 = 15,992
+# final: head 160 -> 16*32 + 2*32 + 32*10 = 896: 15,992 + 736 = 16,728
+# first: 1*32*9+32 + 32*64*9+64 + 9216*128+128 + 128*10+10 = 1,199,882
+EXPECTED = {"first": 1_199_882, "skeleton": 24_666, "transitions": 18_266, "batchnorm": 18_402, "dropout": 18_402,
+            "gap": 15_992, "final": 16_728, "seed": 13_816}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_step_models_have_their_hand_computed_size(name: str) -> None:
+    assert torchinfo.summary(get_model(name), input_size=(1, 1, 28, 28), verbose=0).total_params == EXPECTED[name]
+
+
+def test_every_model_under_the_budget_except_the_deliberate_ones() -> None:
+    over = {name for name in MODELS if count_parameters(get_model(name)) >= 20_000}
+    assert over == {"first", "skeleton"}

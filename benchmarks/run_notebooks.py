@@ -1,0 +1,60 @@
+"""Run notebooks top to bottom in one fresh kernel each, store their outputs, and record how long each took.
+
+    python benchmarks/run_notebooks.py [NOTEBOOK ...]   # default: every notebook in notebooks/, in order
+
+This is how the committed outputs are produced: a full run (MNIST_LESSON_SMOKE must be unset), in the
+notebooks' own folder, on whatever device `pick_device()` finds. Wall times go to
+benchmarks/results/notebook_times.json, keyed by device, for the README's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from mnist_lesson.results import write_json
+from mnist_lesson.train import describe_device, pick_device, smoke_mode
+
+REPO = Path(__file__).resolve().parents[1]
+TIMES = REPO / "benchmarks" / "results" / "notebook_times.json"
+
+
+def run_notebook(path: Path, timeout: int = 3600) -> float:
+    """Execute the notebook at `path` in place in a fresh kernel; return the wall time in seconds."""
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    client.execute()
+    seconds = time.perf_counter() - start
+    nbformat.write(nb, path)
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", type=Path)
+    args = parser.parse_args()
+    if smoke_mode():
+        print("MNIST_LESSON_SMOKE is set: stored outputs must come from full runs; unset it", file=sys.stderr)
+        return 2
+    paths = args.notebooks or sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    device = describe_device(pick_device())
+    times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
+    for path in paths:
+        print(f"running {path.name} on {device} ...", flush=True)
+        seconds = run_notebook(path.resolve())
+        times.setdefault(device, {})[path.name] = round(seconds, 1)
+        write_json(TIMES, times)
+        print(f"  {seconds / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

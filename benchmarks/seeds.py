@@ -1,0 +1,99 @@
+"""Multi-seed verification: train a registered model with its recipe for several seeds, record every epoch.
+
+    python benchmarks/seeds.py [--model final] [--seeds 0 1 2 3 4] [--device auto] [--out FILE]
+
+Writes benchmarks/results/seeds_MODEL.json (per seed: per-epoch test and train accuracy and seconds;
+plus parameter count, device, recipe) after every seed, so an interrupted run keeps what it finished and
+a rerun skips the seeds already there. The claim checked is the course's: every one of the last 3 epochs
+of every seed reaches 99.40% test accuracy. No epoch is picked by its test accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from mnist_lesson.models import count_parameters, get_model, get_recipe
+from mnist_lesson.results import LAST_EPOCHS, TARGET, write_json
+from mnist_lesson.train import describe_device, pick_device, smoke_mode, train_recipe
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def seeds_claim(data: dict) -> tuple[bool, list[str]]:
+    """Return (whether every seed's last epochs all reach the target, one line per seed)."""
+    lines, ok = [], True
+    for run in data["runs"]:
+        last = run["test_acc"][-LAST_EPOCHS:]
+        passed = min(last) >= TARGET
+        ok &= passed
+        lines.append(f"seed {run['seed']}: last {LAST_EPOCHS} epochs {', '.join(f'{a:.2f}' for a in last)} "
+                     f"-> {'PASS' if passed else 'FAIL'} (best {max(run['test_acc']):.2f}, "
+                     f"{run['seconds']:.0f} s)")
+    return ok, lines
+
+
+@contextmanager
+def results_file(path: Path, fresh: dict) -> Iterator[dict]:
+    """Yield the results file's contents (or `fresh`) while holding a lock, so parallel runs never clash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield json.loads(path.read_text()) if path.exists() else dict(fresh)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="final")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs (at most 15 for a claim)")
+    parser.add_argument("--out", type=Path, help="results file (default benchmarks/results/seeds_MODEL.json)")
+    parser.add_argument("--threads", type=int, help="CPU threads for this process (e.g. 1 to run two side by side)")
+    args = parser.parse_args()
+    if smoke_mode():
+        print("MNIST_LESSON_SMOKE is set: smoke runs are not recorded; unset it to verify", file=sys.stderr)
+        return 2
+    out = args.out or RESULTS / f"seeds_{args.model}.json"
+    recipe = get_recipe(args.model).with_overrides(epochs=args.epochs)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    fresh = {"model": args.model, "runs": [], "params": count_parameters(get_model(args.model)),
+             "recipe": recipe.to_dict(), "torch": torch.__version__}
+    with results_file(out, fresh) as data:
+        if data["recipe"] != recipe.to_dict():
+            print(f"{out} holds runs of another recipe; move it away or pass --out", file=sys.stderr)
+            return 2
+    for seed in args.seeds:
+        with results_file(out, fresh) as data:
+            if seed in {run["seed"] for run in data["runs"]}:
+                print(f"seed {seed}: already in {out}, skipped")
+                continue
+        start = time.perf_counter()
+        _, history = train_recipe(lambda: get_model(args.model), recipe, device=device, seed=seed)
+        run = {"seed": seed, "device": describe_device(device), "seconds": time.perf_counter() - start,
+               "test_acc": history.column("test_acc"), "train_acc": history.column("train_acc"),
+               "test_loss": history.column("test_loss")}
+        with results_file(out, fresh) as data:  # re-read: another process may have added seeds meanwhile
+            data["runs"] = sorted([r for r in data["runs"] if r["seed"] != seed] + [run], key=lambda r: r["seed"])
+            write_json(out, data)
+    data = json.loads(out.read_text())
+    ok, lines = seeds_claim(data)
+    print(f"{args.model}: {data['params']:,} parameters, {recipe.epochs} epochs, results in {out}")
+    print("\n".join(lines))
+    print(f"claim (every one of the last {LAST_EPOCHS} epochs >= {TARGET:.2f}% on every seed): "
+          f"{'HOLDS' if ok else 'DOES NOT HOLD'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

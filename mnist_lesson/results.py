@@ -1,0 +1,111 @@
+"""Results files: what a full training run measured, written once and read by notebooks, README and tests.
+
+A step's notebook records its run with `record_run`; `benchmarks/seeds.py` records multi-seed runs.
+Smoke runs are never recorded. Introduced in notebook 02.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mnist_lesson.train import History, smoke_mode
+
+TARGET = 99.40  # percent test accuracy the course asks for
+LAST_EPOCHS = 3  # a claim holds only if every one of the last 3 epochs reaches the target
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write `data` as JSON to `path` through a temporary file renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def record_run(name: str, history: History, folder: Path) -> Path | None:
+    """Write a full run's history to folder/NAME.json and return the path.
+
+    Does nothing (returns None) in smoke mode, or when `folder` does not exist (a notebook opened in
+    Colab has no checkout of the repository to record into).
+    """
+    if smoke_mode() or history.meta.get("smoke") or not Path(folder).is_dir():
+        return None
+    path = Path(folder) / f"{name}.json"
+    write_json(path, {"model": name, **history.to_dict()})
+    return path
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The figures a results table shows for one recorded run."""
+
+    model: str
+    params: int
+    epochs: int
+    best_acc: float
+    last_accs: tuple[float, ...]  # the last LAST_EPOCHS test accuracies
+    seconds_per_epoch: float
+    device: str
+
+    @property
+    def last_min(self) -> float:
+        """The lowest of the last epochs' test accuracies: the figure a claim rests on."""
+        return min(self.last_accs)
+
+
+def summarize(path: Path) -> RunSummary:
+    """Read a results file written by `record_run` and return its summary."""
+    data = json.loads(Path(path).read_text())
+    accs = [epoch["test_acc"] for epoch in data["epochs"]]
+    seconds = [epoch["seconds"] for epoch in data["epochs"]]
+    return RunSummary(data["model"], data["meta"]["params"], len(accs), max(accs), tuple(accs[-LAST_EPOCHS:]),
+                      sum(seconds) / len(seconds), data["meta"]["device"])
+
+
+# Public results quoted in the course guide (shared/guide/ANCHORS.md), each the best epoch on the test set:
+# (label, parameters, test accuracy in percent).
+PUBLIC_ANCHORS: tuple[tuple[str, int, float], ...] = (
+    ("seed assignment (epoch 17 of 19)", 13_816, 99.45),
+    ("snehanshu-raj/ERA", 7_918, 99.41),
+    ("adilsammar/woolly-of-cv", 4_838, 99.42),
+    ("adilsammar/woolly-of-cv", 3_762, 99.52),
+)
+
+
+def steps_table(summaries: list[RunSummary]) -> str:
+    """Return a markdown table of recorded runs: parameters, final RF, best and last-3 accuracy, time, device."""
+    from mnist_lesson.models import MODELS, get_model
+    from mnist_lesson.receptive_field import layer_table
+
+    rows = ["| model | parameters | RF | best test acc | last 3 epochs | epochs | s/epoch | device |",
+            "|---|---:|---:|---:|---|---:|---:|---|"]
+    for s in summaries:
+        rf = layer_table(get_model(s.model)).final_rf if s.model in MODELS else "?"
+        last = ", ".join(f"{a:.2f}" for a in s.last_accs)
+        rows.append(f"| {s.model} | {s.params:,} | {rf} | {s.best_acc:.2f} | {last} | {s.epochs} "
+                    f"| {s.seconds_per_epoch:.1f} | {s.device} |")
+    return "\n".join(rows)
+
+
+def step_summaries(folder: Path) -> list[RunSummary]:
+    """Return the summaries of the runs recorded in `folder`, in the order the models are registered."""
+    from mnist_lesson.models import MODELS
+
+    paths = [Path(folder) / f"{name}.json" for name in MODELS]
+    return [summarize(path) for path in paths if path.exists()]
+
+
+def describe_result(history: History) -> str:
+    """Return two lines: best and last-3 test accuracy, and the train/test gap of the last epoch."""
+    accs = history.column("test_acc")
+    last = history.epochs[-1]
+    return (f"test accuracy: best {max(accs):.2f}%, last {LAST_EPOCHS} epochs "
+            f"{', '.join(f'{a:.2f}' for a in accs[-LAST_EPOCHS:])}%\n"
+            f"train minus test accuracy in the last epoch: {last.train_acc - last.test_acc:+.2f} points")

@@ -1,0 +1,65 @@
+"""Results files: recording, summarizing, and the committed claims checked against the models they describe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mnist_lesson.models import MODELS, count_parameters, get_model, get_recipe
+from mnist_lesson.results import LAST_EPOCHS, TARGET, describe_result, record_run, step_summaries, summarize
+from mnist_lesson.train import SMOKE_ENV, EpochStats, History
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def make_history(accs: list[float], params: int = 123) -> History:
+    epochs = [EpochStats(i + 1, 0.1, acc + 0.5, 0.05, acc, 0.01, 2.0 + i) for i, acc in enumerate(accs)]
+    return History(epochs, {"params": params, "device": "cpu (2 threads)", "smoke": False})
+
+
+def test_record_and_summarize_a_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SMOKE_ENV)
+    path = record_run("gap", make_history([98.0, 99.5, 99.1, 99.3, 99.2]), tmp_path)
+    assert path == tmp_path / "gap.json"
+    summary = summarize(path)
+    assert (summary.model, summary.params, summary.epochs) == ("gap", 123, 5)
+    assert summary.best_acc == 99.5 and summary.last_accs == (99.1, 99.3, 99.2) and summary.last_min == 99.1
+    assert summary.seconds_per_epoch == pytest.approx(4.0)
+    assert [s.model for s in step_summaries(tmp_path)] == ["gap"]
+
+
+def test_smoke_runs_and_missing_folders_are_never_recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SMOKE_ENV, "1")
+    assert record_run("gap", make_history([99.0]), tmp_path) is None
+    monkeypatch.delenv(SMOKE_ENV)
+    assert record_run("gap", make_history([99.0]), tmp_path / "absent") is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_describe_result_uses_the_last_epochs() -> None:
+    text = describe_result(make_history([90.0, 99.6, 99.41, 99.42, 99.43]))
+    assert "best 99.60%, last 3 epochs 99.41, 99.42, 99.43%" in text
+    assert "+0.50 points" in text
+
+
+def test_recorded_step_runs_match_their_models() -> None:
+    summaries = step_summaries(RESULTS / "steps")
+    for summary in summaries:
+        assert summary.params == count_parameters(get_model(summary.model))
+        assert summary.epochs == get_recipe(summary.model).epochs
+    assert [s.model for s in summaries] == [name for name in MODELS if (RESULTS / "steps" / f"{name}.json").exists()]
+
+
+def test_final_model_claim_holds_on_every_seed() -> None:
+    """The course's claim, from the committed multi-seed file: < 20,000 parameters, at most 15 epochs, and
+    every one of the last 3 epochs of each of seeds 0-4 at >= 99.40% test accuracy."""
+    data = json.loads((RESULTS / "seeds_final.json").read_text())
+    assert data["params"] == count_parameters(get_model("final")) < 20_000
+    assert data["recipe"] == get_recipe("final").to_dict()
+    assert sorted(run["seed"] for run in data["runs"]) == [0, 1, 2, 3, 4]
+    for run in data["runs"]:
+        assert len(run["test_acc"]) == get_recipe("final").epochs <= 15
+        assert min(run["test_acc"][-LAST_EPOCHS:]) >= TARGET, f"seed {run['seed']}: {run['test_acc'][-LAST_EPOCHS:]}"
