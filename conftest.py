@@ -11,8 +11,6 @@ import pytest
 # in smoke mode (1 epoch, a few batches). Unit tests that need full mode unset it themselves.
 os.environ["MNIST_LESSON_SMOKE"] = "1"
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:

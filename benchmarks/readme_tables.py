@@ -60,6 +60,8 @@ def notebook_times_table(results: Path = RESULTS) -> str:
     path = results / "notebook_times.json"
     times = json.loads(path.read_text()) if path.exists() else {}
     devices = sorted(times)
+    if not devices:
+        return "Not measured yet: run `python benchmarks/run_notebooks.py`."
     rows = ["| notebook | " + " | ".join(f"minutes on {d}" for d in devices) + " |",
             "|---|" + "---:|" * len(devices)]
     names = sorted({name for per_device in times.values() for name in per_device})

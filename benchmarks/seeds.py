@@ -22,23 +22,10 @@ from pathlib import Path
 import torch
 
 from mnist_lesson.models import count_parameters, get_model, get_recipe
-from mnist_lesson.results import LAST_EPOCHS, TARGET, write_json
+from mnist_lesson.results import LAST_EPOCHS, TARGET, seed_claim, write_json
 from mnist_lesson.train import describe_device, pick_device, smoke_mode, train_recipe
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def seeds_claim(data: dict) -> tuple[bool, list[str]]:
-    """Return (whether every seed's last epochs all reach the target, one line per seed)."""
-    lines, ok = [], True
-    for run in data["runs"]:
-        last = run["test_acc"][-LAST_EPOCHS:]
-        passed = min(last) >= TARGET
-        ok &= passed
-        lines.append(f"seed {run['seed']}: last {LAST_EPOCHS} epochs {', '.join(f'{a:.2f}' for a in last)} "
-                     f"-> {'PASS' if passed else 'FAIL'} (best {max(run['test_acc']):.2f}, "
-                     f"{run['seconds']:.0f} s)")
-    return ok, lines
 
 
 @contextmanager
@@ -87,7 +74,7 @@ def main() -> int:
             data["runs"] = sorted([r for r in data["runs"] if r["seed"] != seed] + [run], key=lambda r: r["seed"])
             write_json(out, data)
     data = json.loads(out.read_text())
-    ok, lines = seeds_claim(data)
+    ok, lines = seed_claim(data)
     print(f"{args.model}: {data['params']:,} parameters, {recipe.epochs} epochs, results in {out}")
     print("\n".join(lines))
     print(f"claim (every one of the last {LAST_EPOCHS} epochs >= {TARGET:.2f}% on every seed): "

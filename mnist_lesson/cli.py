@@ -10,6 +10,7 @@ from pathlib import Path
 
 from mnist_lesson.data import DataError, ensure_mnist
 from mnist_lesson.models import MODELS, count_parameters, get_model, get_recipe
+from mnist_lesson.results import BUDGET
 
 
 def _data(args: argparse.Namespace) -> int:
@@ -18,8 +19,22 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def new_run_folder(out: Path, prefix: str) -> Path:
+    """Create and return a new, empty run folder out/PREFIX-DATE-TIME[-N]; never reuse an existing one."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in range(1, 1000):
+        run = out / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            continue
+    raise ValueError(f"could not create a new run folder in {out}")
+
+
 def _train(args: argparse.Namespace) -> int:
-    # Imported here so that `data` and `list` stay quick, without torch's and matplotlib's start-up cost.
+    # Imported here so that the other commands skip matplotlib's start-up cost.
     from mnist_lesson.plots import plot_history
     from mnist_lesson.train import pick_device, save_checkpoint, smoke_mode, train_recipe
 
@@ -30,12 +45,11 @@ def _train(args: argparse.Namespace) -> int:
     print(f"model {args.model}: {params:,} parameters")
     print(f"recipe: {recipe}")
     smoke = " (smoke mode: 1 epoch, a few batches)" if smoke_mode() else ""
+    run = new_run_folder(Path(args.out), f"{args.model}-seed{args.seed}")  # before training: a bad --out fails now
     print(f"training on {device} with seed {args.seed}{smoke}", flush=True)
     model, history = train_recipe(lambda: get_model(args.model), recipe, device=device, seed=args.seed,
                                   root=args.root, progress=not args.no_progress)
     history.meta["model"] = args.model
-    run = Path(args.out) / f"{args.model}-seed{args.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run.mkdir(parents=True, exist_ok=True)
     save_checkpoint(model, run / "model.pt")
     history.save(run / "history.json")
     fig = plot_history(history, title=f"{args.model} ({params:,} parameters)")
@@ -100,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     summary = commands.add_parser("summary", help="print a registered model's layer table and parameter report")
     summary.add_argument("model", choices=sorted(MODELS), help="registered model name")
-    summary.add_argument("--limit", type=int, default=20_000, help="parameter budget to check (default 20000)")
+    summary.add_argument("--limit", type=int, default=BUDGET, help=f"parameter budget to check (default {BUDGET})")
     summary.set_defaults(run=_summary)
 
     colab = commands.add_parser("colab", help="check (or --sync) every notebook's Colab badge and setup cell")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nbformat
-
 REPOSITORY = "mnist-lesson/mnist-under-20k"  # GitHub owner/name: the one place the address is written
 BRANCH = "main"
 SETUP_MARKER = "# Colab only:"
@@ -25,7 +23,7 @@ def setup_source() -> str:
     """Return the first code cell of every notebook: installs the package in Colab, does nothing elsewhere."""
     return (
         f"{SETUP_MARKER} install the course's helper package. torch and torchvision stay as Colab has them\n"
-        "# (the package asks only for torch>=2.2). Anywhere else this cell does nothing.\n"
+        "# (the package asks for torch>=2.2 and torchvision>=0.17). Anywhere else this cell does nothing.\n"
         "import sys\n"
         "\n"
         "if \"google.colab\" in sys.modules:\n"
@@ -35,6 +33,8 @@ def setup_source() -> str:
 
 def check_notebook(path: Path) -> list[str]:
     """Return what in a notebook's badge or setup cell disagrees with this module (empty when in sync)."""
+    import nbformat  # a development dependency: Colab users never call this
+
     nb = nbformat.read(path, as_version=4)
     problems = []
     if badge(path.name) not in nb.cells[0].source.splitlines():
@@ -47,6 +47,8 @@ def check_notebook(path: Path) -> list[str]:
 
 def sync_notebook(path: Path) -> bool:
     """Rewrite the badge line and the setup cell of one notebook from this module; return True if it changed."""
+    import nbformat
+
     nb = nbformat.read(path, as_version=4)
     title = nb.cells[0].source.splitlines()
     badge_lines = [i for i, line in enumerate(title) if "colab-badge.svg" in line]

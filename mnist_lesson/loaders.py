@@ -88,9 +88,10 @@ class InMemoryLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
                  rotate_degrees: float = 0.0, translate: float = 0.0, device: str | torch.device = "cpu",
                  seed: int = 0) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 3 or labels.shape != images.shape[:1]:
-            raise ValueError(f"expected uint8 images [N, H, W] and labels [N], got {images.dtype} "
-                             f"{tuple(images.shape)} and {tuple(labels.shape)}")
+        if images.dtype != torch.uint8 or images.ndim != 3 or labels.shape != images.shape[:1] \
+                or labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise ValueError(f"expected uint8 images [N, H, W] and integer labels [N], got {images.dtype} "
+                             f"{tuple(images.shape)} and {labels.dtype} {tuple(labels.shape)}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         self.images = images.to(device)
@@ -136,7 +137,9 @@ def seed_transform(rotate_degrees: float = 0.0, translate: float = 0.0) -> trans
     """Return the per-image torchvision transform: optional RandomAffine, ToTensor, Normalize."""
     steps: list[object] = []
     if rotate_degrees > 0 or translate > 0:
-        steps.append(transforms.RandomAffine(rotate_degrees, translate=(translate, translate)))
+        # Bilinear like the in-memory path; torchvision still rounds its shifts to whole pixels.
+        steps.append(transforms.RandomAffine(rotate_degrees, translate=(translate, translate),
+                                             interpolation=transforms.InterpolationMode.BILINEAR))
     steps += [transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]
     return transforms.Compose(steps)
 

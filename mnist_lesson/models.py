@@ -152,10 +152,11 @@ class StepNet(nn.Module):
     dropout: Dropout2d probability after every 3x3 conv (notebook 05)
     gap: global average pooling + 1x1 conv instead of a 4x4 conv as the last layer (notebook 06)
     head_width: hidden 1x1 layer of this width after the average pool, 0 for none (notebook 07)
+    width: channels of the last 3x3 conv, the features the average pool summarizes (notebook 07)
     """
 
     def __init__(self, squeeze: bool = False, batch_norm: bool = False, dropout: float = 0.0, gap: bool = False,
-                 head_width: int = 0) -> None:
+                 head_width: int = 0, width: int = 16) -> None:
         super().__init__()
 
         def block(c_in: int, c_out: int, padding: int = 0) -> nn.Sequential:
@@ -167,14 +168,14 @@ class StepNet(nn.Module):
         self.trans1 = nn.Sequential(*([transition(32, 8, pool=False)] if squeeze else []), nn.MaxPool2d(2))  # 12, RF 8
         self.block2 = nn.Sequential(block(squeezed, 16), block(16, 32))  # 8, RF 16
         self.trans2 = transition(32, 8, pool=False) if squeeze else nn.Identity()
-        self.block3 = nn.Sequential(block(squeezed, 16), block(16, 16))  # 4, RF 24
+        self.block3 = nn.Sequential(block(squeezed, 16), block(16, width))  # 4, RF 24
         if not gap:
-            self.head = nn.Conv2d(16, 10, 4)  # 1, RF 30: one big kernel over the whole 4x4 map
+            self.head = nn.Conv2d(width, 10, 4)  # 1, RF 30: one big kernel over the whole 4x4 map
         elif head_width:
-            self.head = nn.Sequential(nn.AvgPool2d(4), conv_block(16, head_width, kernel_size=1, batch_norm=batch_norm),
-                                      nn.Conv2d(head_width, 10, 1, bias=False))
+            hidden = conv_block(width, head_width, kernel_size=1, batch_norm=batch_norm)
+            self.head = nn.Sequential(nn.AvgPool2d(4), hidden, nn.Conv2d(head_width, 10, 1, bias=False))
         else:
-            self.head = nn.Sequential(nn.AvgPool2d(4), nn.Conv2d(16, 10, 1, bias=False))  # 1, RF 30
+            self.head = nn.Sequential(nn.AvgPool2d(4), nn.Conv2d(width, 10, 1, bias=False))  # 1, RF 30
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.block3(self.trans2(self.block2(self.trans1(self.block1(x)))))
@@ -219,5 +220,5 @@ def gap() -> nn.Module:
 
 @register("final", FINAL_RECIPE)
 def final() -> nn.Module:
-    """Return notebook 07's final model: gap plus a 32-wide 1x1 layer after the average pool."""
-    return StepNet(squeeze=True, batch_norm=True, dropout=0.05, gap=True, head_width=32)
+    """Return notebook 07's final model: gap with 24 pooled features and a 32-wide 1x1 layer after the pool."""
+    return StepNet(squeeze=True, batch_norm=True, dropout=0.05, gap=True, head_width=32, width=24)

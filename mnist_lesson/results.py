@@ -7,26 +7,21 @@ Smoke runs are never recorded. Introduced in notebook 02.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mnist_lesson.data import atomic_write
 from mnist_lesson.train import History, smoke_mode
 
 TARGET = 99.40  # percent test accuracy the course asks for
+BUDGET = 20_000  # a model must have fewer parameters than this
 LAST_EPOCHS = 3  # a claim holds only if every one of the last 3 epochs reaches the target
 
 
 def write_json(path: Path, data: Any) -> None:
     """Write `data` as JSON to `path` through a temporary file renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write(Path(path), (json.dumps(data, indent=1) + "\n").encode())
 
 
 def record_run(name: str, history: History, folder: Path) -> Path | None:
@@ -109,3 +104,16 @@ def describe_result(history: History) -> str:
     return (f"test accuracy: best {max(accs):.2f}%, last {LAST_EPOCHS} epochs "
             f"{', '.join(f'{a:.2f}' for a in accs[-LAST_EPOCHS:])}%\n"
             f"train minus test accuracy in the last epoch: {last.train_acc - last.test_acc:+.2f} points")
+
+
+def seed_claim(data: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Return (whether every seed's last epochs all reach TARGET, one line per seed) for a multi-seed file."""
+    lines, ok = [], True
+    for run in data["runs"]:
+        last = run["test_acc"][-LAST_EPOCHS:]
+        passed = min(last) >= TARGET
+        ok &= passed
+        lines.append(f"seed {run['seed']}: last {LAST_EPOCHS} epochs {', '.join(f'{a:.2f}' for a in last)} "
+                     f"-> {'all' if passed else 'NOT all'} >= {TARGET:.2f}% (best {max(run['test_acc']):.2f}, "
+                     f"{run['seconds']:.0f} s on {run['device']})")
+    return ok, lines

@@ -10,6 +10,7 @@ import itertools
 import json
 import os
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 
 from mnist_lesson.config import Recipe
 from mnist_lesson.loaders import dataloaders, in_memory_loaders
+from mnist_lesson.models import count_parameters
 
 SMOKE_ENV = "MNIST_LESSON_SMOKE"
 SMOKE_TRAIN_BATCHES = 20  # training batches per epoch in smoke mode
@@ -54,10 +56,13 @@ def pick_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if name not in {"cpu", "cuda", "mps"} and not name.startswith("cuda:"):
+    if name not in {"cpu", "cuda", "mps"} and not re.fullmatch(r"cuda:\d+", name):
         raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} was asked for but there are {torch.cuda.device_count()} GPU(s), "
+                         "numbered from 0")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise ValueError("device 'mps' was asked for but this machine has no Apple GPU; use --device cpu or auto")
     return torch.device(name)
@@ -72,7 +77,7 @@ class EpochStats:
     train_acc: float  # percent, over the (augmented, dropout-on) training batches of this epoch
     test_loss: float
     test_acc: float  # percent
-    lr: float  # learning rate at the end of the epoch
+    lr: float  # learning rate of the epoch's last training step
     seconds: float  # wall time of training plus evaluation
 
 
@@ -164,6 +169,7 @@ def fit(model: nn.Module, train_batches: Batches, test_batches: Batches, optimiz
             output = model(x)
             loss = F.nll_loss(output, y)
             loss.backward()
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (a schedule may change it next)
             optimizer.step()
             if scheduler is not None and scheduler_per_batch:
                 scheduler.step()
@@ -181,7 +187,7 @@ def fit(model: nn.Module, train_batches: Batches, test_batches: Batches, optimiz
             scheduler.step()
         test_loss, test_acc = evaluate(model, test_batches, device, max_eval)
         stats = EpochStats(epoch, loss_sum.item() / count, 100.0 * correct.item() / count, test_loss, test_acc,
-                           optimizer.param_groups[0]["lr"], time.perf_counter() - start)
+                           lr, time.perf_counter() - start)
         history.epochs.append(stats)
         if progress:
             print(f"epoch {epoch:2d}/{epochs}: train loss {stats.train_loss:.4f} acc {stats.train_acc:.2f}% | "
@@ -239,7 +245,7 @@ def train_recipe(build: Callable[[], nn.Module], recipe: Recipe, *, device: torc
                   scheduler=scheduler, scheduler_per_batch=per_batch, progress=progress)
     history.meta.update(recipe=recipe.to_dict(), seed=seed, device=describe_device(device),
                         smoke=smoke_mode(), torch=torch.__version__,
-                        params=sum(p.numel() for p in model.parameters() if p.requires_grad))
+                        params=count_parameters(model))
     return model, history
 
 

@@ -113,9 +113,11 @@ def test_random_affine_stays_within_its_range() -> None:
 
 def test_in_memory_loader_rejects_bad_input() -> None:
     with pytest.raises(ValueError, match="uint8"):
-        InMemoryLoader(torch.rand(4, 28, 28), torch.zeros(4), batch_size=2)
+        InMemoryLoader(torch.rand(4, 28, 28), torch.zeros(4, dtype=torch.long), batch_size=2)
+    with pytest.raises(ValueError, match="integer labels"):
+        InMemoryLoader(torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4), batch_size=2)
     with pytest.raises(ValueError, match="batch_size"):
-        InMemoryLoader(torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4), batch_size=0)
+        InMemoryLoader(torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), batch_size=0)
 
 
 def test_read_idx_explains_a_damaged_file(tmp_path: Path) -> None:

@@ -67,10 +67,11 @@ def test_recipe_overrides_reject_unknown_fields() -> None:
 #   block3 (8*16*9+16) + 2,320 = 3,488; head 2,570 -> 18,266
 # batchnorm: conv biases (8+16+32+16+32+16+16 = 136) become BN pairs (272): 18,266 - 136 + 272 = 18,402
 # gap: head 2,570 -> 16*10 = 160: 18,402 - 2,410 = 15,992
-# final: head 160 -> 16*32 + 2*32 + 32*10 = 896: 15,992 + 736 = 16,728
+# final: block3's last conv 16 -> 24 channels: (16*24*9 + 2*24) - (16*16*9 + 2*16) = +1,168;
+#   head 160 -> 24*32 + 2*32 + 32*10 = 1,152 (+992): 15,992 + 1,168 + 992 = 18,152
 # first: 1*32*9+32 + 32*64*9+64 + 9216*128+128 + 128*10+10 = 1,199,882
 EXPECTED = {"first": 1_199_882, "skeleton": 24_666, "transitions": 18_266, "batchnorm": 18_402, "dropout": 18_402,
-            "gap": 15_992, "final": 16_728, "seed": 13_816}
+            "gap": 15_992, "final": 18_152, "seed": 13_816}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

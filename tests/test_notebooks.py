@@ -74,9 +74,9 @@ def test_every_step_model_is_taught_in_a_notebook() -> None:
 
 
 # Numbers prose may use: the course's specification (target, budget, epochs, seeds), kernel and image
-# sizes, notebook numbers, and the final head width (checked below). Anything else must come from a cell.
+# sizes, notebook numbers, and the final model's widths (checked below). Anything else must come from a cell.
 ALLOWED_NUMBERS = {"99.40", "99.4", "20,000", "28x28", "3x3", "1x1", "2x2", "4x4", "3", "5", "15", "0-4",
-                   "01", "02", "03", "04", "05", "06", "07", "00", "02-07", "0", "1", "2", "32"}
+                   "01", "02", "03", "04", "05", "06", "07", "00", "02-07", "0", "1", "2", "16", "24", "32"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
@@ -91,5 +91,7 @@ def test_markdown_has_no_number_that_no_cell_computes(path: Path) -> None:
 def test_numbers_the_prose_states_are_true() -> None:
     final, recipe = get_model("final"), get_recipe("final")
     assert final.head[1][0].out_channels == 32  # "a 32-wide 1x1 layer" after the average pool
+    assert final.block3[-1][0].out_channels == 24  # "24 features instead of 16"
+    assert get_model("gap").block3[-1][0].out_channels == 16
     assert recipe.epochs == 15 and recipe.schedule == "onecycle" and recipe.nesterov
     assert recipe.rotate_degrees > 0 and recipe.translate > 0

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 
 from mnist_lesson.models import MODELS, count_parameters, get_model, get_recipe
-from mnist_lesson.results import LAST_EPOCHS, TARGET, describe_result, record_run, step_summaries, summarize
+from mnist_lesson.results import (
+    LAST_EPOCHS,
+    TARGET,
+    describe_result,
+    record_run,
+    seed_claim,
+    step_summaries,
+    summarize,
+)
 from mnist_lesson.train import SMOKE_ENV, EpochStats, History
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,18 +53,22 @@ def test_describe_result_uses_the_last_epochs() -> None:
     assert "+0.50 points" in text
 
 
-def test_recorded_step_runs_match_their_models() -> None:
+def test_every_step_has_a_recorded_full_run_that_matches_its_model() -> None:
     summaries = step_summaries(RESULTS / "steps")
+    assert [s.model for s in summaries] == [name for name in MODELS if name != "seed"]
     for summary in summaries:
+        recorded = json.loads((RESULTS / "steps" / f"{summary.model}.json").read_text())["meta"]
         assert summary.params == count_parameters(get_model(summary.model))
-        assert summary.epochs == get_recipe(summary.model).epochs
-    assert [s.model for s in summaries] == [name for name in MODELS if (RESULTS / "steps" / f"{name}.json").exists()]
+        assert recorded["recipe"] == get_recipe(summary.model).to_dict(), f"{summary.model}: rerun its notebook"
+        assert summary.epochs == get_recipe(summary.model).epochs and not recorded["smoke"]
 
 
 def test_final_model_claim_holds_on_every_seed() -> None:
     """The course's claim, from the committed multi-seed file: < 20,000 parameters, at most 15 epochs, and
     every one of the last 3 epochs of each of seeds 0-4 at >= 99.40% test accuracy."""
     data = json.loads((RESULTS / "seeds_final.json").read_text())
+    holds, lines = seed_claim(data)
+    assert holds, "\n".join(lines)
     assert data["params"] == count_parameters(get_model("final")) < 20_000
     assert data["recipe"] == get_recipe("final").to_dict()
     assert sorted(run["seed"] for run in data["runs"]) == [0, 1, 2, 3, 4]

@@ -137,8 +137,35 @@ def test_checkpoints_round_trip_and_refuse_code(tmp_path: Path) -> None:
 def test_pick_device() -> None:
     assert pick_device("cpu") == CPU
     assert pick_device("auto").type in {"cpu", "cuda", "mps"}
-    with pytest.raises(ValueError, match="unknown device"):
-        pick_device("tpu")
+    for bad in ("tpu", "cuda:x", "cuda:"):
+        with pytest.raises(ValueError, match="unknown device"):
+            pick_device(bad)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             pick_device("cuda")
+
+
+def test_onecycle_runs_its_full_schedule_and_logs_the_rate_used(subset: tuple[torch.Tensor, torch.Tensor],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SMOKE_ENV)
+    model = get_model("seed")
+    train = InMemoryLoader(subset[0][:256], subset[1][:256], batch_size=64, shuffle=True)
+    recipe = Recipe(epochs=3, lr=0.1, schedule="onecycle")
+    optimizer, scheduler, per_batch = make_optimizer(model, recipe, len(train))
+    history = fit(model, train, train, optimizer, epochs=3, device=CPU, scheduler=scheduler,
+                  scheduler_per_batch=per_batch, progress=False)
+    assert scheduler.last_epoch == 3 * len(train)  # exactly the steps OneCycleLR was built for
+    lrs = history.column("lr")
+    assert lrs[0] > lrs[-1] and lrs[-1] < 0.01 * recipe.lr  # annealed to almost nothing by the last step
+    assert max(lrs) <= recipe.lr
+
+
+def test_step_schedule_logs_the_rate_each_epoch_trained_with(subset: tuple[torch.Tensor, torch.Tensor],
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SMOKE_ENV)
+    model = get_model("seed")
+    train = InMemoryLoader(subset[0][:128], subset[1][:128], batch_size=64)
+    optimizer, scheduler, per_batch = make_optimizer(model, Recipe(lr=0.1, schedule="step", step_size=2, gamma=0.1), 2)
+    history = fit(model, train, train, optimizer, epochs=3, device=CPU, scheduler=scheduler,
+                  scheduler_per_batch=per_batch, progress=False)
+    assert history.column("lr") == pytest.approx([0.1, 0.1, 0.01])
