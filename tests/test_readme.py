@@ -18,7 +18,7 @@ def test_readme_tables_match_the_results_files() -> None:
 
 def test_ci_runs_the_readme_commands() -> None:
     readme = (REPO / "README.md").read_text()
-    blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.DOTALL)
+    blocks = re.findall(r"```bash\n(.*?)\n\s*```", readme, re.DOTALL)
     install, test = blocks[0].strip(), blocks[1].strip()
     assert install == "pip install -r requirements.txt && python -m mnist_lesson train seed"
     ci = (REPO / ".ci" / "run").read_text().splitlines()
