@@ -104,20 +104,20 @@ def plot_params_vs_accuracy(summaries: Sequence[RunSummary],
     `anchors` are (label, params, accuracy) points from elsewhere, drawn as grey crosses.
     """
     fig, ax = plt.subplots(figsize=(8, 5))
-    for summary in summaries:
+    for i, summary in enumerate(summaries):
         ax.scatter(summary.params, summary.last_min, color="tab:blue")
-        ax.annotate(summary.model, (summary.params, summary.last_min), textcoords="offset points", xytext=(5, -10),
-                    fontsize="small")
-    for label, params, accuracy in anchors:
-        ax.scatter(params, accuracy, marker="x", color="grey")
-        ax.annotate(label, (params, accuracy), textcoords="offset points", xytext=(5, 5), fontsize="small",
-                    color="grey")
+        # Alternate label offsets so neighbouring steps of similar size stay readable.
+        ax.annotate(summary.model, (summary.params, summary.last_min), textcoords="offset points",
+                    xytext=(6, 6 if i % 2 else -12), fontsize="small")
+    markers = "xP*D^v"
+    for (label, params, accuracy), marker in zip(anchors, markers, strict=False):
+        ax.scatter(params, accuracy, marker=marker, color="grey", label=f"{label}: {params:,}, best epoch")
     ax.axhline(TARGET, color="tab:red", linewidth=1, label=f"{TARGET:.1f}% target")
     ax.axvline(20_000, color="tab:orange", linewidth=1, linestyle="--", label="20,000 parameters")
     ax.set(xscale="log", xlabel="parameters", ylabel="lowest test accuracy of the last 3 epochs (%)",
            title="accuracy against size")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="lower right")
+    ax.legend(loc="center right", fontsize="small")
     fig.tight_layout()
     plt.close(fig)
     return fig
