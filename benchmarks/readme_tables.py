@@ -69,7 +69,7 @@ def notebook_times_table(results: Path = RESULTS) -> str:
         cells = [f"{times[d][name] / 60:.1f}" if name in times[d] else "not measured" for d in devices]
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     totals = [f"{sum(times[d].values()) / 60:.1f}" for d in devices]
-    rows.append("| whole series | " + " | ".join(totals) + " |")
+    rows.append("| all notebooks | " + " | ".join(totals) + " |")
     return "\n".join(rows)
 
 

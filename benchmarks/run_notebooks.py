@@ -50,7 +50,8 @@ def main() -> int:
     for path in paths:
         print(f"running {path.name} on {device} ...", flush=True)
         seconds = run_notebook(path.resolve())
-        times.setdefault(device, {})[path.name] = round(seconds, 1)
+        key = str(path.resolve().relative_to(REPO / "notebooks"))  # student/x.ipynb apart from x.ipynb
+        times.setdefault(device, {})[key] = round(seconds, 1)
         write_json(TIMES, times)
         print(f"  {seconds / 60:.1f} min", flush=True)
     return 0

@@ -84,6 +84,14 @@ def _colab(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _student(args: argparse.Namespace) -> int:
+    from mnist_lesson.exercises import write_student_version
+
+    target = write_student_version(Path(args.source), Path(args.out))
+    print(f"wrote {target}: solutions replaced by stubs, outputs cleared; run it once to store its outputs")
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     for name in MODELS:
         print(f"{name:12s} {count_parameters(get_model(name)):>8,} parameters")
@@ -121,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     colab.add_argument("--sync", action="store_true", help="rewrite them from mnist_lesson/colab.py")
     colab.add_argument("--folder", default="notebooks", help="notebook folder (default ./notebooks)")
     colab.set_defaults(run=_colab)
+
+    student = commands.add_parser("student", help="write the student version of the exercise notebook")
+    student.add_argument("--source", default="notebooks/exercises.ipynb", help="notebook with solutions")
+    student.add_argument("--out", default="notebooks/student/exercises.ipynb", help="where the student version goes")
+    student.set_defaults(run=_student)
 
     listing = commands.add_parser("list", help="list registered models and their parameter counts")
     listing.set_defaults(run=_list)

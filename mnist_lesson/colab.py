@@ -13,9 +13,9 @@ BRANCH = "main"
 SETUP_MARKER = "# Colab only:"
 
 
-def badge(notebook: str) -> str:
-    """Return the markdown "Open in Colab" badge for notebooks/NOTEBOOK."""
-    url = f"https://colab.research.google.com/github/{REPOSITORY}/blob/{BRANCH}/notebooks/{notebook}"
+def badge(notebook: str, folder: str = "notebooks") -> str:
+    """Return the markdown "Open in Colab" badge for FOLDER/NOTEBOOK of the repository."""
+    url = f"https://colab.research.google.com/github/{REPOSITORY}/blob/{BRANCH}/{folder}/{notebook}"
     return f"[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
 
 
@@ -31,14 +31,20 @@ def setup_source() -> str:
     )
 
 
+def _folder(path: Path) -> str:
+    # notebooks/NAME.ipynb -> "notebooks"; notebooks/student/NAME.ipynb -> "notebooks/student"
+    parts = path.resolve().parts
+    return "/".join(parts[parts.index("notebooks"):-1]) if "notebooks" in parts else "notebooks"
+
+
 def check_notebook(path: Path) -> list[str]:
     """Return what in a notebook's badge or setup cell disagrees with this module (empty when in sync)."""
     import nbformat  # a development dependency: Colab users never call this
 
     nb = nbformat.read(path, as_version=4)
     problems = []
-    if badge(path.name) not in nb.cells[0].source.splitlines():
-        problems.append(f"{path.name}: the first cell lacks the badge {badge(path.name)}")
+    if badge(path.name, _folder(path)) not in nb.cells[0].source.splitlines():
+        problems.append(f"{path.name}: the first cell lacks the badge {badge(path.name, _folder(path))}")
     code = [cell for cell in nb.cells if cell.cell_type == "code"]
     if not code or code[0].source != setup_source():
         problems.append(f"{path.name}: the first code cell is not the Colab setup cell of mnist_lesson.colab")
@@ -56,7 +62,7 @@ def sync_notebook(path: Path) -> bool:
     if not badge_lines or not code or not code[0].source.startswith(SETUP_MARKER):
         raise ValueError(f"{path}: expected a badge line in the first cell and a first code cell starting with "
                          f"{SETUP_MARKER!r}; add them by hand once, then sync")
-    title[badge_lines[0]] = badge(path.name)
+    title[badge_lines[0]] = badge(path.name, _folder(path))
     before = (nb.cells[0].source, code[0].source)
     nb.cells[0].source, code[0].source = "\n".join(title), setup_source()
     if (nb.cells[0].source, code[0].source) == before:
