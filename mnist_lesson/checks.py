@@ -40,9 +40,10 @@ class Result:
 class Exercise:
     """One exercise: `check(answer)` prints the verdict, `grade(answer)` returns it, `hint()` prints a hint."""
 
-    def __init__(self, name: str, title: str, check: Callable[[object], list[str]], hints: list[str],
+    def __init__(self, name: str, title: str, variable: str, check: Callable[[object], list[str]], hints: list[str],
                  max_points: int = 1) -> None:
         self.name, self.title, self._check, self._hints, self.max_points = name, title, check, hints, max_points
+        self.variable = variable  # the notebook variable that holds the answer (the grader reads it)
         self._hints_shown = 0
 
     def grade(self, answer: object) -> Result:
@@ -130,7 +131,7 @@ def _check_rf_block(answer: object) -> list[str]:
     return problems
 
 
-ex02 = Exercise("ex02 receptive field", "a block with RF >= 16 under 6,000 parameters", _check_rf_block, [
+ex02 = Exercise("ex02 receptive field", "a block with RF >= 16 under 6,000 parameters", "block", _check_rf_block, [
     "Write the RF after each layer on paper: 3, 5, 7 for three 3x3 convs; a 2x2 pool then makes every "
     "further 3x3 conv add 4 instead of 2.",
     "Keep the channels small before the pool: the parameter cost of a 3x3 conv is in x out x 9.",
@@ -156,7 +157,7 @@ def _check_transition(answer: object) -> list[str]:
     return problems
 
 
-ex03 = Exercise("ex03 transition", "32 -> 8 channels, same size, RF 1", _check_transition, [
+ex03 = Exercise("ex03 transition", "32 -> 8 channels, same size, RF 1", "transition", _check_transition, [
     "Which kernel size leaves the receptive field unchanged?",
     "A 1x1 convolution with bias=False from 32 to 8 channels has 32 x 8 weights.",
 ])
@@ -198,7 +199,7 @@ def _check_bn_block(answer: object) -> list[str]:
     return problems
 
 
-ex04 = Exercise("ex04 batch norm", "BatchNorm after every conv of plain_block()", _check_bn_block, [
+ex04 = Exercise("ex04 batch norm", "BatchNorm after every conv of plain_block()", "bn_block", _check_bn_block, [
     "nn.BatchNorm2d(C) needs C, the number of channels of the conv before it.",
     "The course's order is conv -> ReLU -> BatchNorm2d (mnist_lesson.models.conv_block).",
 ])
@@ -223,7 +224,7 @@ def _check_dropout_block(answer: object) -> list[str]:
     return problems
 
 
-ex05 = Exercise("ex05 dropout", "Dropout2d after every conv block", _check_dropout_block, [
+ex05 = Exercise("ex05 dropout", "Dropout2d after every conv block", "dropout_block", _check_dropout_block, [
     "nn.Dropout2d(p) zeroes whole channels; put one after each conv's activation or normalization.",
     "A rate around 0.05-0.1 is typical for networks this small.",
 ])
@@ -251,7 +252,7 @@ def _check_gap_head(answer: object) -> list[str]:
     return problems
 
 
-ex06 = Exercise("ex06 global average pooling", "a 16x4x4 -> 10 head under 200 parameters", _check_gap_head, [
+ex06 = Exercise("ex06 global average pooling", "a 16x4x4 -> 10 head under 200 parameters", "head", _check_gap_head, [
     "After nn.AdaptiveAvgPool2d(1) every channel is one number; what maps 16 numbers to 10 cheaply?",
     "AdaptiveAvgPool2d(1), a 1x1 conv 16->10 without bias, Flatten, LogSoftmax(dim=1).",
 ])
@@ -285,6 +286,8 @@ def _check_small_model(answer: object) -> list[str]:
     def trainable_copy() -> nn.Module:
         trial = copy.deepcopy(model)
         for m in trial.modules():
+            if hasattr(m, "reset_parameters"):  # the same start for the same architecture: a fair, repeatable check
+                m.reset_parameters()
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 # A plain average of the few batches seen: the default running average would still be
                 # mostly its initial values after so few steps, and evaluation would measure that instead.
@@ -310,7 +313,7 @@ def _check_small_model(answer: object) -> list[str]:
     return problems
 
 
-ex07 = Exercise("ex07 small model", "< 8,000 parameters, RF covers the digit, learns fast", _check_small_model, [
+ex07 = Exercise("ex07 small model", "< 8,000 parameters, RF covers the digit, learns", "model", _check_small_model, [
     "Start from notebook 06's ideas with fewer channels: 3x3 convs, one max-pool, BN, a GAP head.",
     "Check your RF with layer_table(model) and your size with count_parameters(model) before training.",
 ])

@@ -92,6 +92,16 @@ def _student(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grade(args: argparse.Namespace) -> int:
+    from mnist_lesson.grader import grade_folder
+
+    if not Path(args.submissions).is_dir():
+        print(f"error: {args.submissions} is not a folder of .ipynb submissions", file=sys.stderr)
+        return 2
+    grade_folder(Path(args.submissions), Path(args.out), timeout=args.timeout, redo=args.redo)
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     for name in MODELS:
         print(f"{name:12s} {count_parameters(get_model(name)):>8,} parameters")
@@ -134,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     student.add_argument("--source", default="notebooks/exercises.ipynb", help="notebook with solutions")
     student.add_argument("--out", default="notebooks/student/exercises.ipynb", help="where the student version goes")
     student.set_defaults(run=_student)
+
+    grade = commands.add_parser("grade", help="grade a folder of submitted exercise notebooks into a CSV gradebook")
+    grade.add_argument("submissions", help="folder with one .ipynb per student (the file's stem names the student)")
+    grade.add_argument("--out", default="grades.csv", help="gradebook CSV, appended to as students are graded")
+    grade.add_argument("--timeout", type=float, default=120, help="seconds each notebook may run (default 120)")
+    grade.add_argument("--redo", action="store_true", help="grade again students already in the gradebook")
+    grade.set_defaults(run=_grade)
 
     listing = commands.add_parser("list", help="list registered models and their parameter counts")
     listing.set_defaults(run=_list)

@@ -1,0 +1,150 @@
+"""The grader: every kind of submission gets its rows, the gradebook is exact, progress survives crashes."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from mnist_lesson import grader
+from mnist_lesson.checks import EXERCISES
+
+REPO = Path(__file__).resolve().parents[1]
+SOLUTION = REPO / "notebooks" / "exercises.ipynb"
+ALL = list(EXERCISES)
+
+
+def solved(extra_cells: list[str] = (), replace: dict[str, str] | None = None, at: int = 4) -> str:
+    """The solution notebook as JSON, with code cells inserted at index `at` and some answers replaced."""
+    nb = nbformat.read(SOLUTION, as_version=4)
+    for source in reversed(extra_cells):
+        nb.cells.insert(at, nbformat.v4.new_code_cell(source))
+    for cell in nb.cells:
+        for variable, answer in (replace or {}).items():
+            is_answer = cell.cell_type == "code" and cell.source.startswith("# Exercise")
+            if is_answer and f"\n{variable} = None" in cell.source:
+                cell.source = f"{variable} = {answer}"
+    return nbformat.writes(nb)
+
+
+SUBMISSIONS = {
+    "correct": solved(),
+    "partly": solved(replace={"transition": "nn.Conv2d(32, 8, 3, padding=1)", "head": "nn.Flatten()"}),
+    "raises": solved(extra_cells=["1 / 0"]),
+    "loops": solved(extra_cells=["while True:\n    pass"]),
+    "tampers": solved(replace={"block": "None"}),
+    "floods": solved(extra_cells=["for _ in range(40):\n    print('x' * 1_000_000)"]),
+}
+
+
+@pytest.fixture(scope="module")
+def gradebook(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict[str, str]]:
+    folder = tmp_path_factory.mktemp("submissions")
+    for student, text in SUBMISSIONS.items():
+        (folder / f"{student}.ipynb").write_text(text)
+    # Tampering after the answers: delete and redefine the checks, forge a pass for ex02.
+    nb = nbformat.reads(SUBMISSIONS["tampers"], as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "import mnist_lesson.checks as c\nc.ex02.grade = lambda answer: c.Result('ex02', 1, 1, 'forged')\n"
+        "c.EXERCISES.clear()\ndel ex03\nex04 = None\nglobals = dict"))
+    (folder / "tampers.ipynb").write_text(nbformat.writes(nb))
+    (folder / "empty.ipynb").write_text("")
+    (folder / "broken.ipynb").write_text('{"cells": [')
+    (folder / "notes.txt").write_text("not a notebook: ignored")
+    out = folder / "grades.csv"
+    totals = grader.grade_folder(folder, out, timeout=25, log=lambda m: None)
+    assert set(totals) == set(SUBMISSIONS) | {"empty", "broken"}
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(totals) * (len(ALL) + 1)
+    return {(r["student"], r["exercise"]): r for r in rows}
+
+
+def points(book: dict, student: str) -> dict[str, int]:
+    return {ex: int(book[(student, ex)]["points"]) for ex in ALL + [grader.TOTAL]}
+
+
+def test_a_correct_submission_gets_full_marks(gradebook: dict) -> None:
+    assert points(gradebook, "correct") == {**dict.fromkeys(ALL, 1), grader.TOTAL: 6}
+    assert gradebook[("correct", grader.TOTAL)]["message"] == "ran without errors"
+
+
+def test_a_partly_correct_submission_gets_its_points_and_reasons(gradebook: dict) -> None:
+    assert points(gradebook, "partly") == {**dict.fromkeys(ALL, 1), "ex03": 0, "ex06": 0, grader.TOTAL: 4}
+    assert "3x3 neighbourhoods" in gradebook[("partly", "ex03")]["message"]
+    assert gradebook[("partly", "ex02")]["message"] == "all requirements met."
+
+
+def test_an_exception_costs_nothing_else(gradebook: dict) -> None:
+    assert points(gradebook, "raises")[grader.TOTAL] == 6
+    assert gradebook[("raises", grader.TOTAL)]["message"] == "1 cell(s) raised an error"
+
+
+def test_an_endless_loop_is_stopped_and_the_rest_still_graded(gradebook: dict) -> None:
+    assert points(gradebook, "loops")[grader.TOTAL] == 6  # interrupted, then the later cells ran
+    assert "did not finish within the 25 s limit" in gradebook[("loops", grader.TOTAL)]["message"]
+
+
+def test_redefining_or_deleting_the_checks_changes_nothing(gradebook: dict) -> None:
+    # The answers stand; only `block` was left empty, and the forged ex02.grade is not the grader's.
+    assert points(gradebook, "tampers") == {**dict.fromkeys(ALL, 1), "ex02": 0, grader.TOTAL: 5}
+    assert "is None" in gradebook[("tampers", "ex02")]["message"]  # not the forged pass
+
+
+def test_a_flood_of_output_is_cut_and_graded(gradebook: dict) -> None:
+    assert points(gradebook, "floods")[grader.TOTAL] == 6
+    assert "output beyond" in gradebook[("floods", grader.TOTAL)]["message"]
+
+
+def test_files_that_are_not_notebooks_get_rows_with_the_reason(gradebook: dict) -> None:
+    assert points(gradebook, "empty")[grader.TOTAL] == 0
+    assert gradebook[("empty", "ex05")]["message"].startswith("empty file")
+    assert gradebook[("broken", grader.TOTAL)]["message"].startswith("not a valid notebook")
+    assert gradebook[("broken", grader.TOTAL)]["max_points"] == "6"
+
+
+def test_rerun_skips_graded_students_and_redo_grades_again(tmp_path: Path) -> None:
+    (tmp_path / "a.ipynb").write_text("")
+    (tmp_path / "b.ipynb").write_text("[]")
+    out = tmp_path / "grades.csv"
+    assert set(grader.grade_folder(tmp_path, out, log=lambda m: None)) == {"a", "b"}
+    before = out.read_text()
+    messages: list[str] = []
+    assert grader.grade_folder(tmp_path, out, log=messages.append) == {}
+    assert out.read_text() == before and "skipping 2 student(s)" in messages[0]
+    assert set(grader.grade_folder(tmp_path, out, redo=True, log=lambda m: None)) == {"a", "b"}
+    assert out.read_text() == before  # same rows, not duplicated
+
+
+def test_a_crash_of_the_grader_keeps_the_students_already_written(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.ipynb").write_text("")
+    real = grader.grade_notebook
+
+    def crash_on_b(path: Path, timeout: float) -> list:
+        if path.stem == "b":
+            raise MemoryError("grader machine gave up")
+        return real(path, timeout)
+
+    monkeypatch.setattr(grader, "grade_notebook", crash_on_b)
+    out = tmp_path / "grades.csv"
+    with pytest.raises(MemoryError):
+        grader.grade_folder(tmp_path, out, log=lambda m: None)
+    assert grader.graded_students(out) == {"a"}
+    monkeypatch.setattr(grader, "grade_notebook", real)
+    assert set(grader.grade_folder(tmp_path, out, log=lambda m: None)) == {"b", "c"}
+    assert grader.graded_students(out) == {"a", "b", "c"}
+
+
+def test_hidden_results_cannot_be_forged_by_printing() -> None:
+    cell = nbformat.v4.new_code_cell("")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text='wrongnonce{"ex02": [1, 1, "x"]}\n')]
+    assert grader._parse_results(cell, "rightnonce") is None
+    genuine = "rightnonce" + json.dumps({"ex02": [0, 1, "m"]})
+    cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text=genuine))
+    assert grader._parse_results(cell, "rightnonce") == {"ex02": [0, 1, "m"]}
+
