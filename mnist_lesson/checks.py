@@ -3,7 +3,7 @@
 Each exercise checks a real design task against the same tools the course uses (the receptive-field
 table, the parameter count, a short smoke-mode training). A failure says what is wrong in the
 student's terms without giving the answer away; any answer, even of the wrong type, gets an
-explanation rather than a traceback. Introduced in the exercise notebooks (notebooks/exercises/).
+explanation rather than a traceback. Introduced in notebooks/exercises.ipynb.
 """
 
 from __future__ import annotations
@@ -50,8 +50,10 @@ class Exercise:
         """Return the Result for `answer` without printing; never raises."""
         try:
             problems = self._check(answer)
-        except Exception as exc:  # a student's module may fail in any way: explain, never crash
-            problems = [f"running your answer raised {type(exc).__name__}: {exc}"]
+        except KeyboardInterrupt:  # the grader interrupts a check that runs too long
+            problems = ["checking it was stopped because it took too long (does forward() loop?)"]
+        except BaseException as exc:  # a student's module may fail in any way, even sys.exit(): explain
+            problems = [f"running your answer raised {type(exc).__name__}: {str(exc)[:300]}"]
         if problems:
             return Result(self.name, 0, self.max_points, " ".join(problems))
         return Result(self.name, self.max_points, self.max_points, "all requirements met.")
@@ -101,11 +103,15 @@ def _output(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     model.eval()
     try:
         with torch.no_grad():
-            return model(torch.zeros(2, *shape))
+            out = model(torch.zeros(2, *shape))
     except RuntimeError as exc:
-        raise _Explained(f"your model fails on a batch of shape {(2, *shape)}: {str(exc).splitlines()[0]}") from None
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise _Explained(f"your model fails on a batch of shape {(2, *shape)}: {first}") from None
     finally:
         model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise _Explained(f"your model returns a {type(out).__name__}, not a tensor; return the output itself.")
+    return out
 
 
 # --- notebook 02: a block designed from its receptive field ------------------------------------------
@@ -128,6 +134,14 @@ def _check_rf_block(answer: object) -> list[str]:
     pools = [row for row in table.rows if row.kind == "MaxPool2d"]
     if len(pools) > 1:
         problems.append(f"it uses {len(pools)} max-pools; this exercise allows one.")
+    others = sorted({row.kind for row in table.rows if "Pool" in row.kind and row.kind != "MaxPool2d"})
+    if others:
+        problems.append(f"it uses {', '.join(others)}; this exercise allows only one MaxPool2d for pooling.")
+    for m in block.modules():
+        if isinstance(m, nn.Conv2d) and (m.kernel_size != (3, 3) or m.dilation != (1, 1) or m.stride != (1, 1)):
+            problems.append(f"it has a {m.kernel_size[0]}x{m.kernel_size[1]} conv (dilation {m.dilation[0]}, stride "
+                            f"{m.stride[0]}); this exercise is about plain 3x3 convolutions, stride 1.")
+            break
     return problems
 
 
@@ -210,17 +224,21 @@ ex04 = Exercise("ex04 batch norm", "BatchNorm after every conv of plain_block()"
 @_explain
 def _check_dropout_block(answer: object) -> list[str]:
     block = _module(answer, "dropout_block")
-    problems = _convs_followed_by(block, nn.Dropout2d, "Dropout2d")
+    problems = _convs_followed_by(block, nn.BatchNorm2d, "BatchNorm2d") or \
+        _convs_followed_by(block, nn.Dropout2d, "Dropout2d")
     rates = [m.p for m in block.modules() if isinstance(m, nn.Dropout2d)]
     if any(not 0 < p <= 0.2 for p in rates):
         problems.append(f"dropout rates {rates}: keep each between 0 (exclusive) and 0.2; more hurts a small network.")
     if not problems:
+        was_training = block.training
         block.eval()
         x = torch.rand(2, 1, 28, 28)
         with torch.no_grad():
-            if not torch.equal(block(x), block(x)):
-                problems.append("in eval mode it gives different outputs for the same input; dropout must switch "
-                                "off in eval mode (use nn.Dropout2d, not a hand-made random mask).")
+            same = torch.equal(block(x), block(x))
+        block.train(was_training)
+        if not same:
+            problems.append("in eval mode it gives different outputs for the same input; dropout must switch "
+                            "off in eval mode (use nn.Dropout2d, not a hand-made random mask).")
     return problems
 
 
@@ -254,7 +272,7 @@ def _check_gap_head(answer: object) -> list[str]:
 
 ex06 = Exercise("ex06 global average pooling", "a 16x4x4 -> 10 head under 200 parameters", "head", _check_gap_head, [
     "After nn.AdaptiveAvgPool2d(1) every channel is one number; what maps 16 numbers to 10 cheaply?",
-    "AdaptiveAvgPool2d(1), a 1x1 conv 16->10 without bias, Flatten, LogSoftmax(dim=1).",
+    "Count the parameters of a 1x1 convolution from 16 to 10 channels, and end with log-probabilities.",
 ])
 
 
@@ -278,6 +296,8 @@ def _check_small_model(answer: object) -> list[str]:
     out = _output(model, (1, 28, 28))
     if out.shape != (2, 10):
         problems.append(f"it returns shape {tuple(out.shape)} for two images; it must return (2, 10) log-probs.")
+    elif not torch.allclose(out.exp().sum(dim=1), torch.ones(2), atol=1e-4):
+        problems.append("its outputs are not log-probabilities: end with log_softmax (nn.LogSoftmax(dim=1)).")
     if problems:
         return problems
     # A short, fixed training run: smoke mode, one epoch over a few batches, on a copy of the model.

@@ -16,7 +16,9 @@ import nbformat
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 RAISES_TAGS = ["raises-exception"]  # nbclient and nbval both read it: this cell is meant to raise
-_SOLUTION = re.compile(rf"^([ \t]*){re.escape(BEGIN)}\n.*?^[ \t]*{re.escape(END)}[ \t]*$", re.DOTALL | re.MULTILINE)
+# From a BEGIN line to the first END line, whatever trails either marker (spaces, "\r", a comment).
+_SOLUTION = re.compile(rf"^([ \t]*){re.escape(BEGIN)}[^\n]*\n.*?^[ \t]*{re.escape(END)}[^\n]*$",
+                       re.DOTALL | re.MULTILINE)
 
 
 def stub(indent: str, exercise: str) -> str:
@@ -43,6 +45,8 @@ def student_version(source: nbformat.NotebookNode, badge_line: str | None = None
         name = re.search(r"ex\d\d", cell.source)
         exercise = f"Exercise {name.group(0)}" if name else "This exercise"
         cell.source = _SOLUTION.sub(lambda m, e=exercise: stub(m.group(1), e), cell.source)
+        if BEGIN in cell.source or END in cell.source:  # never ship a solution because of odd markers
+            raise ValueError(f"solution markers left after stubbing; check their order in cell:\n{cell.source}")
         tags = cell.metadata.setdefault("tags", [])
         tags.extend(tag for tag in RAISES_TAGS if tag not in tags)
     return nb

@@ -17,6 +17,7 @@ import csv
 import json
 import os
 import secrets
+import signal
 import tempfile
 import threading
 import time
@@ -60,9 +61,14 @@ class _LimitedClient(NotebookClient):
     dropped = False
     timed_out = False
 
+    grading_timed_out = False
+
     async def _async_handle_timeout(self, timeout, cell=None):  # type: ignore[no-untyped-def, override]
-        self.timed_out = True  # then interrupt the kernel and go on with the next cell
-        return await super()._async_handle_timeout(timeout, cell)
+        if cell is self.nb.cells[-1]:
+            self.grading_timed_out = True
+        else:
+            self.timed_out = True
+        return await super()._async_handle_timeout(timeout, cell)  # interrupt the kernel, go on
 
     def output(self, outs, msg, display_id, cell_index):  # type: ignore[no-untyped-def, override]
         size = len(json.dumps(msg.get("content", {}), default=str))
@@ -74,20 +80,24 @@ class _LimitedClient(NotebookClient):
         return super().output(outs, msg, display_id, cell_index)
 
 
+# The checks' source as it was when the grader started: a submission that edits checks.py on disk
+# cannot change how it, or anyone after it, is graded.
+_CHECKS_SOURCE = Path(checks.__file__).read_text()
+
+
 def _hidden_cell(nonce: str) -> str:
-    # A private copy of the checks module, loaded from its file under a name nobody else knows.
+    # A private copy of the checks module, built from the source read at start-up under a fresh name.
     variables = {name: ex.variable for name, ex in checks.EXERCISES.items()}
     return "\n".join([
-        "import builtins as _grader_builtins, importlib.util as _grader_util, json as _grader_json, sys as _grader_sys",
-        f"_grader_spec = _grader_util.spec_from_file_location('_grader_checks_{nonce}', {checks.__file__!r})",
-        "_grader_checks = _grader_util.module_from_spec(_grader_spec)",
-        f"_grader_sys.modules['_grader_checks_{nonce}'] = _grader_checks  # dataclasses look their module up here",
-        "_grader_spec.loader.exec_module(_grader_checks)",
+        "import builtins as _grader_builtins, json as _grader_json, sys as _grader_sys, types as _grader_types",
+        "_grader_checks = _grader_types.ModuleType('_grader_checks')",
+        "_grader_sys.modules['_grader_checks'] = _grader_checks  # dataclasses look their module up here",
+        f"exec(compile({_CHECKS_SOURCE!r}, 'mnist_lesson/checks.py', 'exec'), _grader_checks.__dict__)",
         "_grader_ns = _grader_builtins.globals()  # the notebook's namespace, even if `globals` was redefined",
         "_grader_results = {}",
         f"for _grader_name, _grader_var in {variables!r}.items():",
         "    _grader_r = _grader_checks.EXERCISES[_grader_name].grade(_grader_ns.get(_grader_var))",
-        "    _grader_results[_grader_name] = [_grader_r.points, _grader_r.max_points, _grader_r.message]",
+        "    _grader_results[_grader_name] = [_grader_r.points, _grader_r.max_points, _grader_r.message[:500]]",
         f"print({nonce!r} + _grader_json.dumps(_grader_results))",
     ])
 
@@ -97,12 +107,22 @@ def _left(deadline: float) -> int:
 
 
 def _kill(client: NotebookClient) -> None:
-    if client.km is not None:
-        client.km.shutdown_kernel(now=True)
+    # For code that ignores interrupts: kill the kernel process outright; nbclient then stops with
+    # DeadKernelError. (The kernel manager's own shutdown is a coroutine of another thread's loop.)
+    provisioner = getattr(client.km, "provisioner", None)
+    pid = getattr(provisioner, "pid", None)
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _read_submission(path: Path) -> tuple[nbformat.NotebookNode | None, str]:
-    size = path.stat().st_size
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return None, f"the file cannot be read ({type(exc).__name__}: {exc}); hand it in again"
     if size == 0:
         return None, "empty file: nothing to grade; hand in the saved notebook"
     if size > MAX_FILE_BYTES:
@@ -110,6 +130,9 @@ def _read_submission(path: Path) -> tuple[nbformat.NotebookNode | None, str]:
                       "hand it in again")
     try:
         nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+        for cell in nb.cells:  # stored outputs are never trusted or kept, so never judged either
+            if cell.get("cell_type") == "code":
+                cell["outputs"], cell["execution_count"] = [], None
         nbformat.validate(nb)
     except Exception as exc:  # JSON, encoding and schema errors alike
         reason = " ".join(str(exc).split())[:200]
@@ -117,16 +140,20 @@ def _read_submission(path: Path) -> tuple[nbformat.NotebookNode | None, str]:
     return nb, ""
 
 
-def grade_notebook(path: Path, timeout: float) -> list[Row]:
+def _student_env() -> dict[str, str]:
+    # Smoke mode, and no variables that look like credentials: student code sees the rest.
+    secret = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
+    env = {k: v for k, v in os.environ.items() if not any(word in k.upper() for word in secret)}
+    return {**env, SMOKE_ENV: "1"}
+
+
+def grade_notebook(path: Path, timeout: float, grading_seconds: float = GRADING_SECONDS) -> list[Row]:
     """Run one submission in a fresh kernel and working folder; return its rows, the TOTAL row last."""
     student = path.stem
     nb, problem = _read_submission(path)
     if nb is None:
         rows = _rows_for_all(student, problem)
         return rows + [Row(student, TOTAL, 0, sum(r.max_points for r in rows), problem)]
-    for cell in nb.cells:  # stored outputs are never trusted or kept
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
     nonce = secrets.token_hex(12)
     nb.cells.append(nbformat.v4.new_code_cell(_hidden_cell(nonce)))
     deadline = time.monotonic() + timeout
@@ -135,14 +162,14 @@ def grade_notebook(path: Path, timeout: float) -> list[Row]:
         client = _LimitedClient(
             nb, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
             error_on_timeout={"ename": "TimeoutError", "evalue": "time limit reached", "traceback": []},
-            timeout_func=lambda cell: GRADING_SECONDS if cell is nb.cells[-1] else _left(deadline),
+            timeout_func=lambda cell: int(grading_seconds) if cell is nb.cells[-1] else _left(deadline),
             resources={"metadata": {"path": workdir}},
         )
         # A watchdog for code that ignores interrupts: past the limit and the grading time, kill the kernel.
-        killer = threading.Timer(timeout + GRADING_SECONDS + 30, _kill, args=(client,))
+        killer = threading.Timer(timeout + grading_seconds + 10, _kill, args=(client,))
         killer.start()
         try:
-            client.execute(env={**os.environ, SMOKE_ENV: "1"})
+            client.execute(env=_student_env())
         except DeadKernelError:
             notes.append("the kernel died or was stopped (endless loop or crash)")
         except Exception as exc:
@@ -155,6 +182,8 @@ def grade_notebook(path: Path, timeout: float) -> list[Row]:
         notes.append(f"it did not finish within the {timeout:.0f} s limit")
     if errors:
         notes.append(f"{len(errors)} cell(s) raised an error")
+    if client.grading_timed_out:
+        notes.append(f"grading its answers took longer than {grading_seconds:.0f} s")
     if client.dropped:
         notes.append(f"output beyond {MAX_OUTPUT_BYTES:,} bytes was dropped")
     results = _parse_results(nb.cells[-1], nonce)
@@ -172,24 +201,43 @@ def grade_notebook(path: Path, timeout: float) -> list[Row]:
 
 
 def _parse_results(cell: nbformat.NotebookNode, nonce: str) -> dict[str, list] | None:
-    for output in cell.get("outputs", []):
-        for line in output.get("text", "").splitlines():
-            if line.startswith(nonce):
-                return json.loads(line[len(nonce):])
-    return None
+    """Return the grading cell's results (the last marked line), or None when missing or malformed."""
+    lines = [line for output in cell.get("outputs", []) for line in str(output.get("text", "")).splitlines()
+             if line.startswith(nonce)]
+    if not lines:
+        return None
+    try:
+        results = json.loads(lines[-1][len(nonce):])
+    except ValueError:
+        return None
+    if not isinstance(results, dict) or set(results) != set(checks.EXERCISES):
+        return None
+    for name, value in results.items():
+        maximum = checks.EXERCISES[name].max_points
+        if not (isinstance(value, list) and len(value) == 3 and value[0] in range(maximum + 1)
+                and value[1] == maximum and isinstance(value[2], str)):
+            return None
+    return results
+
+
+def _read_gradebook(gradebook: Path) -> list[dict[str, str]]:
+    if not gradebook.exists() or gradebook.stat().st_size == 0:
+        return []
+    with open(gradebook, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != COLUMNS:
+            raise ValueError(f"{gradebook} is not a gradebook (its header is {reader.fieldnames}, expected "
+                             f"{COLUMNS}); choose another --out")
+        return list(reader)
 
 
 def graded_students(gradebook: Path) -> set[str]:
     """Return the students whose TOTAL row is already in the gradebook."""
-    if not gradebook.exists():
-        return set()
-    with open(gradebook, newline="") as f:
-        return {row["student"] for row in csv.DictReader(f) if row["exercise"] == TOTAL}
+    return {row["student"] for row in _read_gradebook(gradebook) if row["exercise"] == TOTAL}
 
 
 def _drop_students(gradebook: Path, students: set[str]) -> None:
-    with open(gradebook, newline="") as f:
-        kept = [row for row in csv.DictReader(f) if row["student"] not in students]
+    kept = [row for row in _read_gradebook(gradebook) if row["student"] not in students]
     tmp = gradebook.with_suffix(".tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
@@ -204,19 +252,26 @@ def grade_folder(submissions: Path, gradebook: Path, timeout: float = 120, redo:
     paths = sorted(Path(submissions).glob("*.ipynb"))
     if not paths:
         raise ValueError(f"no .ipynb files in {submissions}")
-    done = graded_students(gradebook)
-    if redo and done:
-        _drop_students(gradebook, {p.stem for p in paths} & done)
-        done = graded_students(gradebook)
+    from mnist_lesson.data import ensure_mnist
+
+    ensure_mnist(log=log)  # a missing data set is the instructor's problem, never blamed on a student
+    done = set() if redo else graded_students(gradebook)
     todo = [p for p in paths if p.stem not in done]
+    if gradebook.exists():  # rows of students about to be graded (a redo, or a run cut short) go first
+        _drop_students(gradebook, {p.stem for p in todo})
     if len(todo) < len(paths):
         log(f"skipping {len(paths) - len(todo)} student(s) already in {gradebook} (use --redo to grade again)")
     totals: dict[str, tuple[int, int]] = {}
-    new_file = not gradebook.exists()
+    new_file = not gradebook.exists() or gradebook.stat().st_size == 0
     for i, path in enumerate(todo, start=1):
         log(f"[{i}/{len(todo)}] grading {path.stem} ({len(todo) - i} left after this one)")
         start = time.monotonic()
-        rows = grade_notebook(path, timeout)
+        try:
+            rows = grade_notebook(path, timeout)
+        except Exception as exc:  # one student's notebook never stops the others being graded
+            reason = f"the grader failed on this notebook ({type(exc).__name__}: {exc}); grade it by hand"
+            rows = _rows_for_all(path.stem, reason)
+            rows.append(Row(path.stem, TOTAL, 0, sum(r.max_points for r in rows), reason))
         with open(gradebook, "a", newline="") as f:
             writer = csv.writer(f)
             if new_file:

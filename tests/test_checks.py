@@ -49,6 +49,9 @@ BAD = [
     ("ex02", nn.Sequential(nn.Conv2d(1, 8, 3), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3), nn.MaxPool2d(2),
                            nn.Conv2d(8, 8, 3)), "uses 2 max-pools"),
     ("ex02", nn.Sequential(nn.Conv2d(1, 8, 3), nn.Upsample(scale_factor=2)), "cannot read your model: layer '1'"),
+    ("ex02", nn.Sequential(nn.Conv2d(1, 1, 16)), "this exercise is about plain 3x3 convolutions"),
+    ("ex02", nn.Sequential(nn.Conv2d(1, 8, 5), nn.AvgPool2d(2), nn.Conv2d(8, 8, 3, dilation=2)),
+     "allows only one MaxPool2d"),
     ("ex03", nn.Conv2d(32, 8, 3, padding=1), "looks at 3x3 neighbourhoods"),
     ("ex03", nn.Conv2d(32, 16, 1), "must give 8x12x12"),
     ("ex03", nn.Conv2d(16, 8, 1), "fails on a batch of shape (2, 32, 12, 12)"),
@@ -56,11 +59,14 @@ BAD = [
     ("ex04", nn.Sequential(nn.Conv2d(1, 4, 3)), "keep the three convolutions"),
     ("ex05", bn_block(), "conv 3 (16->16) has no Dropout2d"),
     ("ex05", bn_block(dropout=0.5), "keep each between 0 (exclusive) and 0.2"),
+    ("ex05", nn.Sequential(nn.Conv2d(1, 8, 3), nn.Dropout2d(0.1), nn.Conv2d(8, 16, 3), nn.Dropout2d(0.1),
+                           nn.Conv2d(16, 16, 3), nn.Dropout2d(0.1)), "has no BatchNorm2d"),
     ("ex06", nn.Sequential(nn.Flatten(), nn.Linear(256, 10), nn.LogSoftmax(dim=1)), "no average pooling layer"),
     ("ex06", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)), "not log-probabilities"),
     ("ex07", nn.Sequential(nn.Conv2d(1, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LogSoftmax(dim=1)),
      "reaches"),
     ("ex07", GOOD["ex02"], "it returns shape"),
+    ("ex07", nn.Sequential(*list(GOOD["ex07"])[:-1]), "not log-probabilities"),
 ]
 
 
@@ -75,6 +81,21 @@ def test_a_wrong_answer_says_what_is_wrong(name: str, answer: nn.Module, expecte
     result = EXERCISES[name].grade(answer)
     assert not result.passed and result.points == 0
     assert expected in result.message
+
+
+class ReturnsTuple(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, x
+
+
+class Exits(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise SystemExit(3)
+
+
+def test_odd_modules_are_explained_not_crashed() -> None:
+    assert "returns a tuple, not a tensor" in ex06.grade(ReturnsTuple()).message
+    assert "SystemExit" in ex03.grade(Exits()).message
 
 
 class Broken(nn.Module):
@@ -119,6 +140,14 @@ def test_student_version_replaces_solutions_and_clears_outputs() -> None:
         assert set(RAISES_TAGS) <= set(stub.metadata["tags"])
     assert all(c.outputs == [] and c.execution_count is None for c in student.cells if c.cell_type == "code")
     assert "notebooks/student/exercises.ipynb" in student.cells[0].source
+
+
+def test_odd_markers_never_leak_a_solution() -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"x = None\n{BEGIN}  \r\nx = 'secret 1'\n{END} # done\ny = 2\n"
+                                          f"{BEGIN}\nz = 'secret 2'\n{END}")]
+    source = student_version(nb).cells[0].source
+    assert "secret" not in source and "y = 2" in source and source.count("NotImplementedError") == 2
 
 
 def test_unbalanced_markers_are_refused() -> None:

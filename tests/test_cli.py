@@ -84,3 +84,22 @@ def test_colab_check_and_sync(tmp_path: Path, capsys) -> None:  # type: ignore[n
     assert cli.main(["colab", "--sync", "--folder", str(tmp_path)]) == 0
     assert badge(copy.name) in nbformat.read(copy, as_version=4).cells[0].source
     assert cli.main(["colab", "--folder", str(tmp_path)]) == 0
+
+
+def test_grade_and_student_commands(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import csv
+
+    submissions = tmp_path / "subs"
+    submissions.mkdir()
+    (submissions / "zoe.ipynb").write_text("{")
+    out = tmp_path / "grades.csv"
+    assert cli.main(["grade", str(submissions), "--out", str(out), "--timeout", "30"]) == 0
+    printed = capsys.readouterr().out
+    assert "[1/1] grading zoe (0 left after this one)" in printed and "graded 1 notebook(s)" in printed
+    with open(out, newline="") as f:
+        assert [row["student"] for row in csv.DictReader(f)] == ["zoe"] * 7
+    assert cli.main(["grade", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    repo = Path(__file__).resolve().parents[1]
+    target = tmp_path / "student.ipynb"
+    assert cli.main(["student", "--source", str(repo / "notebooks" / "exercises.ipynb"), "--out", str(target)]) == 0
+    assert "NotImplementedError" in target.read_text() and "BEGIN SOLUTION" not in target.read_text()

@@ -119,20 +119,37 @@ def test_rerun_skips_graded_students_and_redo_grades_again(tmp_path: Path) -> No
     assert out.read_text() == before  # same rows, not duplicated
 
 
-def test_a_crash_of_the_grader_keeps_the_students_already_written(tmp_path: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failure_on_one_notebook_never_stops_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("a", "b", "c"):
         (tmp_path / f"{name}.ipynb").write_text("")
     real = grader.grade_notebook
 
-    def crash_on_b(path: Path, timeout: float) -> list:
+    def fail_on_b(path: Path, timeout: float) -> list:
         if path.stem == "b":
-            raise MemoryError("grader machine gave up")
+            raise RuntimeError("something unforeseen")
         return real(path, timeout)
 
-    monkeypatch.setattr(grader, "grade_notebook", crash_on_b)
+    monkeypatch.setattr(grader, "grade_notebook", fail_on_b)
     out = tmp_path / "grades.csv"
-    with pytest.raises(MemoryError):
+    assert set(grader.grade_folder(tmp_path, out, log=lambda m: None)) == {"a", "b", "c"}
+    with open(out, newline="") as f:
+        total_b = [r for r in csv.DictReader(f) if r["student"] == "b" and r["exercise"] == grader.TOTAL][0]
+    assert "grader failed on this notebook (RuntimeError: something unforeseen)" in total_b["message"]
+
+
+def test_a_killed_grader_keeps_the_students_already_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("a", "b", "c"):
+        (tmp_path / f"{name}.ipynb").write_text("")
+    real = grader.grade_notebook
+
+    def killed_on_b(path: Path, timeout: float) -> list:
+        if path.stem == "b":
+            raise KeyboardInterrupt  # the instructor pressed Ctrl-C, or the machine went down
+        return real(path, timeout)
+
+    monkeypatch.setattr(grader, "grade_notebook", killed_on_b)
+    out = tmp_path / "grades.csv"
+    with pytest.raises(KeyboardInterrupt):
         grader.grade_folder(tmp_path, out, log=lambda m: None)
     assert grader.graded_students(out) == {"a"}
     monkeypatch.setattr(grader, "grade_notebook", real)
@@ -140,11 +157,52 @@ def test_a_crash_of_the_grader_keeps_the_students_already_written(tmp_path: Path
     assert grader.graded_students(out) == {"a", "b", "c"}
 
 
+def test_partial_rows_are_replaced_and_foreign_csv_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.ipynb").write_text("")
+    out = tmp_path / "grades.csv"
+    out.write_text("student,exercise,points,max_points,message\na,ex02,1,1,half-written\n")
+    grader.grade_folder(tmp_path, out, log=lambda m: None)
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["exercise"] for r in rows] == ALL + [grader.TOTAL] and rows[0]["message"].startswith("empty file")
+    other = tmp_path / "other.csv"
+    other.write_text("name,score\nx,1\n")
+    with pytest.raises(ValueError, match="is not a gradebook"):
+        grader.grade_folder(tmp_path, other, log=lambda m: None)
+
+
+def test_code_that_ignores_interrupts_is_killed(tmp_path: Path) -> None:
+    nb = nbformat.reads(solved(extra_cells=["import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                                            "while True:\n    pass"]), as_version=4)
+    path = tmp_path / "stubborn.ipynb"
+    path.write_text(nbformat.writes(nb))
+    rows = grader.grade_notebook(path, timeout=5, grading_seconds=10)
+    assert [r.points for r in rows] == [0] * (len(ALL) + 1)
+    assert "kernel died or was stopped" in rows[-1].message
+
+
+def test_the_grading_cell_carries_its_own_copy_of_the_checks() -> None:
+    source = grader._hidden_cell("n0nce")
+    assert "exec(compile(" in source and "spec_from_file_location" not in source
+    assert "def _check_rf_block" in source  # the source read at start-up, not the file at grading time
+
+
+def test_malformed_or_impossible_results_are_refused() -> None:
+    cell = nbformat.v4.new_code_cell("")
+    good = {name: [0, ex.max_points, "m"] for name, ex in EXERCISES.items()}
+    for bad in ["not json", json.dumps({**good, "ex02": [1000, 1, "ok"]}), json.dumps({"ex02": [1, 1, "ok"]}),
+                json.dumps({**good, "ex03": "full marks"})]:
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="n0nce" + bad)]
+        assert grader._parse_results(cell, "n0nce") is None, bad
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="n0nce" + json.dumps(good))]
+    assert grader._parse_results(cell, "n0nce") == good
+
+
 def test_hidden_results_cannot_be_forged_by_printing() -> None:
     cell = nbformat.v4.new_code_cell("")
     cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text='wrongnonce{"ex02": [1, 1, "x"]}\n')]
     assert grader._parse_results(cell, "rightnonce") is None
-    genuine = "rightnonce" + json.dumps({"ex02": [0, 1, "m"]})
-    cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text=genuine))
-    assert grader._parse_results(cell, "rightnonce") == {"ex02": [0, 1, "m"]}
+    genuine = {name: [0, ex.max_points, "m"] for name, ex in EXERCISES.items()}
+    cell.outputs.append(nbformat.v4.new_output("stream", name="stdout", text="rightnonce" + json.dumps(genuine)))
+    assert grader._parse_results(cell, "rightnonce") == genuine
 
