@@ -16,7 +16,15 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from mnist_lesson.results import LAST_EPOCHS, TARGET, step_summaries, steps_table
+from mnist_lesson.results import (
+    LAST_EPOCHS,
+    TARGET,
+    seeds_table,
+    steady_seconds,
+    step_summaries,
+    steps_table,
+    summarize_seeds,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
@@ -55,6 +63,32 @@ def seeds_results_table(results: Path = RESULTS) -> str:
     return "\n".join(rows)
 
 
+def ladder_table(results: Path = RESULTS) -> str:
+    """Return the markdown summary of every multi-seed file, largest model first: seeds passing, worst epoch."""
+    summaries = [summarize_seeds(path) for path in sorted(results.glob("seeds_*.json"))]
+    return seeds_table(sorted(summaries, key=lambda s: -s.params))
+
+
+def speed_table(results: Path = RESULTS) -> str:
+    """Return the markdown table of the speed benchmark (benchmarks/speed.py): per device, each configuration."""
+    paths = sorted(results.glob("speed_*.json"))
+    if not paths:
+        return "Not measured yet: run `python benchmarks/speed.py`."
+    rows = ["| device | configuration | runs | epochs per run | run s (data loading included) "
+            "| s/epoch after the first | vs seed-style DataLoader | test acc after the run |",
+            "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for path in paths:
+        data = json.loads(path.read_text())
+        base = statistics.median(steady_seconds(run["epochs"]) for run in data["runs"][data["baseline"]])
+        for name, runs in data["runs"].items():
+            epoch = statistics.median(steady_seconds(run["epochs"]) for run in runs)
+            wall = statistics.median(run["wall"] for run in runs)
+            accs = ", ".join(f"{run['test_acc']:.2f}" for run in runs)
+            rows.append(f"| {data['device']} | {name} | {len(runs)} | {data['epochs']} | {wall:.1f} | {epoch:.2f} "
+                        f"| {epoch / base:.2f}x | {accs} |")
+    return "\n".join(rows)
+
+
 def notebook_times_table(results: Path = RESULTS) -> str:
     """Return the markdown table of full-run wall times per notebook and device (benchmarks/run_notebooks.py)."""
     path = results / "notebook_times.json"
@@ -77,6 +111,8 @@ TABLES: dict[str, Callable[[], str]] = {
     "data-paths-benchmark": data_paths_table,
     "steps-results": steps_results_table,
     "seeds-results": seeds_results_table,
+    "ladder-results": ladder_table,
+    "speed-benchmark": speed_table,
     "notebook-times": notebook_times_table,
 }
 

@@ -1,11 +1,12 @@
 """Multi-seed verification: train a registered model with its recipe for several seeds, record every epoch.
 
-    python benchmarks/seeds.py [--model final] [--seeds 0 1 2 3 4] [--device auto] [--out FILE]
+    python benchmarks/seeds.py [--model final] [--seeds 0 1 2 3 4] [--device auto] [--amp] [--compile] [--out FILE]
 
 Writes benchmarks/results/seeds_MODEL.json (per seed: per-epoch test and train accuracy and seconds;
 plus parameter count, device, recipe) after every seed, so an interrupted run keeps what it finished and
 a rerun skips the seeds already there. The claim checked is the course's: every one of the last 3 epochs
-of every seed reaches 99.40% test accuracy. No epoch is picked by its test accuracy.
+of every seed reaches 99.40% test accuracy. No epoch is picked by its test accuracy. With --amp or
+--compile (speed levers that must keep the accuracy) the default file name says so: seeds_final_amp.json.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from mnist_lesson.config import Speed
 from mnist_lesson.models import count_parameters, get_model, get_recipe
 from mnist_lesson.results import LAST_EPOCHS, TARGET, seed_claim, write_json
 from mnist_lesson.train import describe_device, pick_device, smoke_mode, train_recipe
@@ -45,11 +47,15 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (at most 15 for a claim)")
     parser.add_argument("--out", type=Path, help="results file (default benchmarks/results/seeds_MODEL.json)")
     parser.add_argument("--threads", type=int, help="CPU threads for this process (e.g. 1 to run two side by side)")
+    parser.add_argument("--amp", action="store_true", help="train with bfloat16 autocast (CUDA GPUs)")
+    parser.add_argument("--compile", action="store_true", help="train a torch.compile'd model")
     args = parser.parse_args()
     if smoke_mode():
         print("MNIST_LESSON_SMOKE is set: smoke runs are not recorded; unset it to verify", file=sys.stderr)
         return 2
-    out = args.out or RESULTS / f"seeds_{args.model}.json"
+    speed = Speed(amp=args.amp, compile=args.compile)
+    suffix = "".join(f"_{lever}" for lever in ("amp", "compile") if getattr(speed, lever))
+    out = args.out or RESULTS / f"seeds_{args.model}{suffix}.json"
     recipe = get_recipe(args.model).with_overrides(epochs=args.epochs)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -66,8 +72,9 @@ def main() -> int:
                 print(f"seed {seed}: already in {out}, skipped")
                 continue
         start = time.perf_counter()
-        _, history = train_recipe(lambda: get_model(args.model), recipe, device=device, seed=seed)
+        _, history = train_recipe(lambda: get_model(args.model), recipe, device=device, seed=seed, speed=speed)
         run = {"seed": seed, "device": describe_device(device), "seconds": time.perf_counter() - start,
+               "speed": history.meta["speed"],
                "test_acc": history.column("test_acc"), "train_acc": history.column("train_acc"),
                "test_loss": history.column("test_loss")}
         with results_file(out, fresh) as data:  # re-read: another process may have added seeds meanwhile

@@ -35,8 +35,11 @@ def new_run_folder(out: Path, prefix: str) -> Path:
 
 def _train(args: argparse.Namespace) -> int:
     # Imported here so that the other commands skip matplotlib's start-up cost.
+    from mnist_lesson.config import Speed
     from mnist_lesson.plots import plot_history
     from mnist_lesson.train import pick_device, save_checkpoint, smoke_mode, train_recipe
+
+    start = time.perf_counter()
 
     recipe = get_recipe(args.model).with_overrides(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                                    data=args.data)
@@ -46,9 +49,11 @@ def _train(args: argparse.Namespace) -> int:
     print(f"recipe: {recipe}")
     smoke = " (smoke mode: 1 epoch, a few batches)" if smoke_mode() else ""
     run = new_run_folder(Path(args.out), f"{args.model}-seed{args.seed}")  # before training: a bad --out fails now
-    print(f"training on {device} with seed {args.seed}{smoke}", flush=True)
+    speed = Speed(amp=args.amp, compile=args.compile, eval_batch_size=args.eval_batch_size)
+    print(f"training on {device} with seed {args.seed}{smoke}; {speed}", flush=True)
     model, history = train_recipe(lambda: get_model(args.model), recipe, device=device, seed=args.seed,
-                                  root=args.root, progress=not args.no_progress)
+                                  root=args.root, progress=not args.no_progress, speed=speed)
+    wall = time.perf_counter() - start
     history.meta["model"] = args.model
     save_checkpoint(model, run / "model.pt")
     history.save(run / "history.json")
@@ -56,6 +61,8 @@ def _train(args: argparse.Namespace) -> int:
     fig.savefig(run / "curves.png", dpi=100)
     last = history.epochs[-1]
     print(f"final test accuracy {last.test_acc:.2f}% after {last.epoch} epoch(s)")
+    print(f"wall time {wall:.1f} s on {history.meta['device']}, data loading included "
+          f"({sum(history.column('seconds')):.1f} s in the epochs)")
     print(f"saved model.pt, history.json and curves.png in {run}")
     return 0
 
@@ -128,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--root", help="data folder (default: $MNIST_LESSON_DATA or a per-user cache)")
     train.add_argument("--out", default="runs", help="folder for run folders (default ./runs)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
+    train.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (CUDA GPUs that support it)")
+    train.add_argument("--compile", action="store_true", help="torch.compile the model (a minute to compile)")
+    train.add_argument("--eval-batch-size", type=int,
+                       help="test-set batch size (default: 10,000 on a GPU, the recipe's elsewhere)")
     train.set_defaults(run=_train)
 
     summary = commands.add_parser("summary", help="print a registered model's layer table and parameter report")

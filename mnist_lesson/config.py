@@ -35,3 +35,19 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         """Return the recipe as a plain dict (for JSON run records)."""
         return asdict(self)
+
+
+GPU_EVAL_BATCH = 10_000  # the whole test set in one batch: on a GPU, fewer and fuller launches
+
+
+@dataclass(frozen=True)
+class Speed:
+    """How a run executes, not what it learns: levers that change its wall time (benchmarks/speed.py)."""
+
+    amp: bool = False  # bfloat16 autocast on a CUDA GPU that supports it; ignored elsewhere (with a note)
+    compile: bool = False  # torch.compile the model; costs a minute of compiling first, pays off on long runs
+    eval_batch_size: int | None = None  # None: GPU_EVAL_BATCH on a GPU, the recipe's own elsewhere
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the options as a plain dict (for run records)."""
+        return asdict(self)

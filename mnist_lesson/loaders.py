@@ -74,11 +74,16 @@ def affine_batch(images: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tens
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def random_draws(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Return [n, 3] uniform draws in [-1, 1) on the CPU: per image, an angle and two shifts before scaling."""
+    return torch.rand(n, 3, generator=generator).mul_(2).sub_(1)
+
+
 def random_affine(images: torch.Tensor, degrees: float, translate: float,
                   generator: torch.Generator | None = None) -> torch.Tensor:
     """Return [N, 1, H, W] images each rotated by up to +-degrees and shifted by up to translate * side."""
     # Drawn on the CPU (reproducible with one generator) and moved to the device in one copy.
-    draws = torch.rand(len(images), 3, generator=generator).mul_(2).sub_(1).to(images.device, non_blocking=True)
+    draws = random_draws(len(images), generator).to(images.device, non_blocking=True)
     return affine_batch(images, draws[:, 0] * degrees, draws[:, 1:] * translate)
 
 
@@ -115,11 +120,16 @@ class InMemoryLoader:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         order = order.to(self.images.device)
         augment = self.rotate_degrees > 0 or self.translate > 0
+        if augment:
+            # The whole epoch's angles and shifts in one draw and one copy to the device: a copy per batch
+            # would make the host wait for the GPU every step. Same numbers as drawing batch by batch.
+            draws = random_draws(n, self.generator).to(self.images.device, non_blocking=True)
         for start in range(0, n, self.batch_size):
             index = order[start : start + self.batch_size]
             x = to_unit_float(self.images[index])
             if augment:
-                x = random_affine(x, self.rotate_degrees, self.translate, self.generator)
+                batch = draws[start : start + self.batch_size]
+                x = affine_batch(x, batch[:, 0] * self.rotate_degrees, batch[:, 1:] * self.translate)
             yield normalize(x), self.labels[index]
 
 

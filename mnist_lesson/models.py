@@ -222,3 +222,82 @@ def gap() -> nn.Module:
 def final() -> nn.Module:
     """Return notebook 07's final model: gap with 24 pooled features and a 32-wide 1x1 layer after the pool."""
     return StepNet(squeeze=True, batch_norm=True, dropout=0.05, gap=True, head_width=32, width=24)
+
+
+# --- notebook 08: the parameter ladder ------------------------------------------------------------------
+
+def separable_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Return a depthwise 3x3 conv (one filter per channel) -> pointwise 1x1 conv -> ReLU -> BatchNorm."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, in_channels, 3, groups=in_channels, bias=False),
+        nn.Conv2d(in_channels, out_channels, 1, bias=False),
+        nn.ReLU(),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+class LadderNet(nn.Module):
+    """Notebook 08: the final model's layout with every width a parameter, to walk down the parameter ladder.
+
+    block1: widths of the 3x3 convs before the max-pool (the first is padded, the rest are not)
+    squeeze: width of the 1x1 transition after the pool (0 for none)
+    block2: widths of the 3x3 convs after the pool
+    head_width: hidden 1x1 layer after the average pool, 0 for none
+    separable: block2 uses depthwise-separable convs (a 3x3 filter per channel, then a 1x1 mix)
+    """
+
+    def __init__(self, block1: tuple[int, ...], squeeze: int, block2: tuple[int, ...], head_width: int = 0,
+                 separable: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 1
+        for i, width in enumerate(block1):
+            layers.append(conv_block(channels, width, padding=1 if i == 0 else 0))
+            channels = width
+        layers.append(nn.MaxPool2d(2))
+        if squeeze:
+            layers.append(transition(channels, squeeze, pool=False))
+            channels = squeeze
+        for width in block2:
+            layers.append(separable_block(channels, width) if separable else conv_block(channels, width))
+            channels = width
+        self.features = nn.Sequential(*layers)
+        head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1)]
+        if head_width:
+            head.append(conv_block(channels, head_width, kernel_size=1))
+            channels = head_width
+        head.append(nn.Conv2d(channels, 10, 1, bias=False))
+        self.head = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.head(self.features(x)).flatten(1), dim=1)
+
+
+@register("under8k", FINAL_RECIPE)
+def under8k() -> nn.Module:
+    """Return the ladder's first rung (7,540 parameters): the final model's ideas at narrower widths."""
+    return LadderNet((8, 12, 14), 8, (12, 14, 18))
+
+
+class PyramidNet(nn.Module):
+    """Notebook 08: a stepped pyramid. Padded 3x3 convs keep each stage's size; a max-pool halves it between stages.
+
+    Cheap narrow convs work at full resolution, and most parameters sit in the widest, last stage at 7x7.
+    stages: the widths of each stage's convs, e.g. ((4, 4), (8, 8), (16, 16)) for 28x28, 14x14 and 7x7
+    """
+
+    def __init__(self, stages: tuple[tuple[int, ...], ...]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 1
+        for i, widths in enumerate(stages):
+            if i > 0:
+                layers.append(nn.MaxPool2d(2))
+            for width in widths:
+                layers.append(conv_block(channels, width, padding=1))
+                channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Conv2d(channels, 10, 1, bias=False), nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.head(self.features(x)).flatten(1), dim=1)

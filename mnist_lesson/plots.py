@@ -16,7 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from mnist_lesson.receptive_field import LayerTable
-from mnist_lesson.results import TARGET, RunSummary
+from mnist_lesson.results import TARGET, RunSummary, SeedsSummary
 from mnist_lesson.train import History
 
 
@@ -118,6 +118,35 @@ def plot_params_vs_accuracy(summaries: Sequence[RunSummary],
            title="accuracy against size")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="center right", fontsize="small")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_ladder(rungs: Sequence[SeedsSummary], anchors: Sequence[tuple[str, int, float]] = ()) -> Figure:
+    """Return a log-x plot of multi-seed results against parameters, with public anchors (notebook 08).
+
+    Each rung is a vertical bar from its worst to its best seed (each seed's figure is the lowest of its
+    last epochs) with a dot at the worst seed, the figure a claim rests on; `anchors` are (label, params,
+    accuracy) best-epoch results from elsewhere, drawn as grey markers.
+    """
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for i, rung in enumerate(rungs):
+        lows = list(rung.seed_mins.values())
+        color = "tab:green" if rung.holds else "tab:red"
+        ax.vlines(rung.params, min(lows), max(lows), color=color, linewidth=3, alpha=0.5)
+        ax.scatter(rung.params, min(lows), color=color, zorder=3)
+        ax.annotate(f"{rung.model} ({rung.passing}/{len(lows)} seeds)", (rung.params, min(lows)),
+                    textcoords="offset points", xytext=(6, 6 if i % 2 else -12), fontsize="small")
+    markers = "xP*D^v"
+    for (label, params, accuracy), marker in zip(anchors, markers, strict=False):
+        ax.scatter(params, accuracy, marker=marker, color="grey", label=f"{label}: {params:,}, best epoch")
+    ax.axhline(TARGET, color="tab:red", linewidth=1, label=f"{TARGET:.1f}% target")
+    ax.set(xscale="log", xlabel="parameters",
+           ylabel="lowest test accuracy of the last 3 epochs (%)",
+           title="the parameter ladder: every seed, last epochs (bar: worst to best seed)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     plt.close(fig)
     return fig

@@ -117,3 +117,64 @@ def seed_claim(data: dict[str, Any]) -> tuple[bool, list[str]]:
                      f"-> {'all' if passed else 'NOT all'} >= {TARGET:.2f}% (best {max(run['test_acc']):.2f}, "
                      f"{run['seconds']:.0f} s on {run['device']})")
     return ok, lines
+
+
+@dataclass(frozen=True)
+class SeedsSummary:
+    """A multi-seed results file (benchmarks/seeds.py) in figures: per seed, its last epochs' test accuracies."""
+
+    model: str
+    params: int
+    epochs: int
+    last_accs: dict[int, tuple[float, ...]]  # seed -> the last LAST_EPOCHS test accuracies
+    device: str
+
+    @property
+    def seed_mins(self) -> dict[int, float]:
+        """Per seed, the lowest of its last epochs: what the claim checks."""
+        return {seed: min(accs) for seed, accs in self.last_accs.items()}
+
+    @property
+    def worst(self) -> float:
+        """The lowest last-epoch accuracy over every seed."""
+        return min(self.seed_mins.values())
+
+    @property
+    def passing(self) -> int:
+        """How many seeds have every one of their last epochs at TARGET or above."""
+        return sum(low >= TARGET for low in self.seed_mins.values())
+
+    @property
+    def holds(self) -> bool:
+        """Whether the course's claim holds: every last epoch of every seed reaches TARGET."""
+        return self.passing == len(self.last_accs)
+
+
+def summarize_seeds(path: Path) -> SeedsSummary:
+    """Read a multi-seed results file written by benchmarks/seeds.py and return its summary."""
+    data = json.loads(Path(path).read_text())
+    runs = data["runs"]
+    if not runs:
+        raise ValueError(f"{path} holds no runs yet; run benchmarks/seeds.py --model {data['model']}")
+    devices = sorted({run["device"] for run in runs})
+    return SeedsSummary(data["model"], data["params"], data["recipe"]["epochs"],
+                        {run["seed"]: tuple(run["test_acc"][-LAST_EPOCHS:]) for run in runs}, ", ".join(devices))
+
+
+def seeds_table(summaries: list[SeedsSummary]) -> str:
+    """Return a markdown table of multi-seed results: seeds passing, worst and per-seed last-epoch minima."""
+    rows = [f"| model | parameters | epochs | seeds with all last {LAST_EPOCHS} >= {TARGET:.2f} "
+            f"| worst of the last {LAST_EPOCHS} | lowest of the last {LAST_EPOCHS}, per seed | device |",
+            "|---|---:|---:|---:|---:|---|---|"]
+    for s in summaries:
+        per_seed = ", ".join(f"{low:.2f}" for _, low in sorted(s.seed_mins.items()))
+        rows.append(f"| {s.model} | {s.params:,} | {s.epochs} | {s.passing} of {len(s.last_accs)} | {s.worst:.2f} "
+                    f"| {per_seed} | {s.device} |")
+    return "\n".join(rows)
+
+
+def steady_seconds(epoch_seconds: list[float]) -> float:
+    """Return the median epoch time after the first epoch, which pays for compiling and warm-up."""
+    import statistics
+
+    return statistics.median(epoch_seconds[1:] or epoch_seconds)

@@ -6,12 +6,14 @@ notebooks and tests run in seconds. Introduced in notebook 00.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
 import random
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from mnist_lesson.config import Recipe
+from mnist_lesson.config import GPU_EVAL_BATCH, Recipe, Speed
 from mnist_lesson.loaders import dataloaders, in_memory_loaders
 from mnist_lesson.models import count_parameters
 
@@ -111,8 +113,35 @@ class History:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def use_amp(device: torch.device, requested: bool) -> bool:
+    """Return whether bfloat16 autocast runs: only when requested and on a CUDA GPU that supports it."""
+    if not requested:
+        return False
+    if device.type != "cuda" or not torch.cuda.is_bf16_supported():
+        warnings.warn(f"mixed precision (amp) needs a CUDA GPU with bfloat16 support; {describe_device(device)} "
+                      "trains in float32 instead", stacklevel=2)
+        return False
+    return True
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager[Any]:
+    """Return bfloat16 autocast for the forward pass when `amp` is on, else a context that does nothing."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else contextlib.nullcontext()
+
+
+def maybe_compile(model: nn.Module, requested: bool) -> nn.Module:
+    """Return `model` compiled by torch.compile when requested and available, else `model` unchanged."""
+    if not requested:
+        return model
+    if not hasattr(torch, "compile"):
+        warnings.warn(f"torch {torch.__version__} has no torch.compile; training without it", stacklevel=2)
+        return model
+    # The compiled wrapper shares the model's parameters, so the optimizer and checkpoints see the same tensors.
+    return torch.compile(model)
+
+
 def evaluate(model: nn.Module, batches: Batches, device: torch.device,
-             max_batches: int | None = None) -> tuple[float, float]:
+             max_batches: int | None = None, amp: bool = False) -> tuple[float, float]:
     """Return (mean loss, accuracy in percent) of `model` over `batches`, in eval mode without gradients."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
@@ -121,7 +150,9 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device,
     with torch.no_grad():
         for x, y in itertools.islice(batches, max_batches):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            output = model(x)
+            with autocast(device, amp):
+                output = model(x)
+            output = output.float()
             loss_sum += F.nll_loss(output, y, reduction="sum")
             correct += (output.argmax(dim=1) == y).sum()
             count += len(y)
@@ -143,9 +174,12 @@ def predict(model: nn.Module, batches: Batches, device: torch.device) -> tuple[t
 
 def fit(model: nn.Module, train_batches: Batches, test_batches: Batches, optimizer: torch.optim.Optimizer, *,
         epochs: int, device: torch.device, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-        scheduler_per_batch: bool = False, progress: bool = True,
+        scheduler_per_batch: bool = False, progress: bool = True, amp: bool = False,
         on_epoch: Callable[[EpochStats], None] | None = None) -> History:
-    """Train `model` for `epochs` epochs, evaluating after each; return the per-epoch History."""
+    """Train `model` for `epochs` epochs, evaluating after each; return the per-epoch History.
+
+    `amp` runs forward passes under bfloat16 autocast (see `use_amp`); the weights stay float32.
+    """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     max_train, max_eval = (SMOKE_TRAIN_BATCHES, SMOKE_EVAL_BATCHES) if smoke_mode() else (None, None)
@@ -166,7 +200,9 @@ def fit(model: nn.Module, train_batches: Batches, test_batches: Batches, optimiz
         for step, (x, y) in enumerate(itertools.islice(train_batches, max_train), start=1):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             optimizer.zero_grad(set_to_none=True)
-            output = model(x)
+            with autocast(device, amp):
+                output = model(x)
+            output = output.float()
             loss = F.nll_loss(output, y)
             loss.backward()
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (a schedule may change it next)
@@ -178,14 +214,14 @@ def fit(model: nn.Module, train_batches: Batches, test_batches: Batches, optimiz
             correct += (output.argmax(dim=1) == y).sum()
             count += len(y)
             bar.update(1)
-            if step % LOG_EVERY == 0:
+            if progress and step % LOG_EVERY == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / count:.4f}", acc=f"{100 * correct.item() / count:.2f}%")
         bar.close()
         if count == 0:
             raise ValueError("fit() got no training batches")
         if scheduler is not None and not scheduler_per_batch:
             scheduler.step()
-        test_loss, test_acc = evaluate(model, test_batches, device, max_eval)
+        test_loss, test_acc = evaluate(model, test_batches, device, max_eval, amp=amp)
         stats = EpochStats(epoch, loss_sum.item() / count, 100.0 * correct.item() / count, test_loss, test_acc,
                            lr, time.perf_counter() - start)
         history.epochs.append(stats)
@@ -215,9 +251,13 @@ def make_optimizer(model: nn.Module, recipe: Recipe, steps_per_epoch: int
 
 
 def make_loaders(recipe: Recipe, device: torch.device, seed: int = 0,
-                 root: str | os.PathLike[str] | None = None) -> tuple[Batches, Batches]:
-    """Return (train, test) batches for `recipe` on its data path (in-memory tensors or DataLoader)."""
-    options = dict(eval_batch_size=recipe.eval_batch_size, rotate_degrees=recipe.rotate_degrees,
+                 root: str | os.PathLike[str] | None = None,
+                 eval_batch_size: int | None = None) -> tuple[Batches, Batches]:
+    """Return (train, test) batches for `recipe` on its data path (in-memory tensors or DataLoader).
+
+    `eval_batch_size` overrides the recipe's evaluation batch size (it changes speed, not results).
+    """
+    options = dict(eval_batch_size=eval_batch_size or recipe.eval_batch_size, rotate_degrees=recipe.rotate_degrees,
                    translate=recipe.translate, device=device, seed=seed, root=root)
     if recipe.data == "memory":
         return in_memory_loaders(recipe.batch_size, **options)
@@ -234,18 +274,36 @@ def prepare_model(model: nn.Module, recipe: Recipe, device: torch.device) -> nn.
     return model
 
 
+def eval_batch_for(device: torch.device, recipe: Recipe, speed: Speed) -> int:
+    """Return the evaluation batch size a run uses: the speed option's, else the whole test set on a GPU."""
+    if speed.eval_batch_size is not None:
+        if speed.eval_batch_size < 1:
+            raise ValueError(f"eval_batch_size must be a positive integer, got {speed.eval_batch_size}")
+        return speed.eval_batch_size
+    return GPU_EVAL_BATCH if device.type == "cuda" else recipe.eval_batch_size
+
+
 def train_recipe(build: Callable[[], nn.Module], recipe: Recipe, *, device: torch.device, seed: int = 0,
-                 root: str | os.PathLike[str] | None = None, progress: bool = True) -> tuple[nn.Module, History]:
-    """Seed, build the model with `build()`, train it with `recipe` on `device`; return (model, History)."""
+                 root: str | os.PathLike[str] | None = None, progress: bool = True,
+                 speed: Speed | None = None) -> tuple[nn.Module, History]:
+    """Seed, build the model with `build()`, train it with `recipe` on `device`; return (model, History).
+
+    `speed` picks how the run executes (mixed precision, torch.compile, evaluation batch); see `Speed`.
+    The model returned is the plain module, never the compiled wrapper, so it saves and inspects as usual.
+    """
+    speed = speed or Speed()
     seed_everything(seed)  # before building, so the initial weights depend on the seed too
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN time its algorithms once
     model = prepare_model(build(), recipe, device)
-    train_batches, test_batches = make_loaders(recipe, device, seed, root)
+    train_batches, test_batches = make_loaders(recipe, device, seed, root, eval_batch_for(device, recipe, speed))
     optimizer, scheduler, per_batch = make_optimizer(model, recipe, len(train_batches))
-    history = fit(model, train_batches, test_batches, optimizer, epochs=recipe.epochs, device=device,
-                  scheduler=scheduler, scheduler_per_batch=per_batch, progress=progress)
+    amp = use_amp(device, speed.amp)
+    history = fit(maybe_compile(model, speed.compile), train_batches, test_batches, optimizer, epochs=recipe.epochs,
+                  device=device, scheduler=scheduler, scheduler_per_batch=per_batch, progress=progress, amp=amp)
     history.meta.update(recipe=recipe.to_dict(), seed=seed, device=describe_device(device),
                         smoke=smoke_mode(), torch=torch.__version__,
-                        params=count_parameters(model))
+                        params=count_parameters(model), speed={**speed.to_dict(), "amp": amp})
     return model, history
 
 

@@ -128,3 +128,18 @@ def test_read_idx_explains_a_damaged_file(tmp_path: Path) -> None:
     bad.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2]))
     with pytest.raises(DataError, match="header promises 5"):
         read_idx(bad)
+
+
+def test_one_draw_per_epoch_gives_the_same_batches_as_a_draw_per_batch() -> None:
+    """The loader draws an epoch's angles and shifts at once (one copy to the device); the numbers are those
+    of drawing batch by batch from the same generator, so recorded runs stay reproducible."""
+    images = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(50) % 10
+    loader = InMemoryLoader(images, labels, batch_size=16, shuffle=True, rotate_degrees=7, translate=0.1, seed=3)
+    generator = torch.Generator().manual_seed(3)
+    order = torch.randperm(50, generator=generator)
+    for start, (x, y) in zip(range(0, 50, 16), loader, strict=True):
+        index = order[start : start + 16]
+        expected = random_affine(images[index].unsqueeze(1).float() / 255, 7, 0.1, generator)
+        torch.testing.assert_close(x, (expected - MNIST_MEAN) / MNIST_STD)
+        assert torch.equal(y, labels[index])

@@ -11,7 +11,7 @@ from torch import nn
 
 from mnist_lesson.config import Recipe
 from mnist_lesson.loaders import InMemoryLoader, load_split
-from mnist_lesson.models import get_model
+from mnist_lesson.models import get_model, get_recipe
 from mnist_lesson.train import (
     SMOKE_ENV,
     SMOKE_TRAIN_BATCHES,
@@ -169,3 +169,46 @@ def test_step_schedule_logs_the_rate_each_epoch_trained_with(subset: tuple[torch
     history = fit(model, train, train, optimizer, epochs=3, device=CPU, scheduler=scheduler,
                   scheduler_per_batch=per_batch, progress=False)
     assert history.column("lr") == pytest.approx([0.1, 0.1, 0.01])
+
+
+def test_speed_options_fall_back_cleanly_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnist_lesson.config import GPU_EVAL_BATCH, Speed
+    from mnist_lesson.train import eval_batch_for, maybe_compile, use_amp
+
+    with pytest.warns(UserWarning, match="trains in float32 instead"):
+        assert use_amp(CPU, True) is False
+    assert use_amp(CPU, False) is False
+    recipe = Recipe(eval_batch_size=500)
+    assert eval_batch_for(CPU, recipe, Speed()) == 500
+    assert eval_batch_for(torch.device("cuda"), recipe, Speed()) == GPU_EVAL_BATCH
+    assert eval_batch_for(CPU, recipe, Speed(eval_batch_size=64)) == 64
+    with pytest.raises(ValueError, match="positive integer"):
+        eval_batch_for(CPU, recipe, Speed(eval_batch_size=0))
+    model = nn.Linear(2, 2)
+    assert maybe_compile(model, False) is model
+    monkeypatch.delattr(torch, "compile")  # as on a torch too old to have it
+    with pytest.warns(UserWarning, match="has no torch.compile"):
+        assert maybe_compile(model, True) is model
+
+
+def test_speed_options_change_time_not_results(mnist_root: Path) -> None:
+    """Evaluating the whole test set in one batch gives the figures of batches of 1,000; amp asked for on the
+    CPU trains in float32 exactly as without it; the options are recorded with the run."""
+    from mnist_lesson.config import GPU_EVAL_BATCH, Speed
+    from mnist_lesson.train import train_recipe
+
+    seed_everything(0)
+    model = get_model("under8k")
+    test = load_split(False, mnist_root)
+    small = evaluate(model, InMemoryLoader(*test, batch_size=1000), CPU)
+    whole = evaluate(model, InMemoryLoader(*test, batch_size=GPU_EVAL_BATCH), CPU)
+    assert small[1] == whole[1] and small[0] == pytest.approx(whole[0], rel=1e-5)
+
+    recipe = get_recipe("under8k")
+    _, plain = train_recipe(lambda: get_model("under8k"), recipe, device=CPU, seed=1, root=mnist_root,
+                            progress=False)
+    with pytest.warns(UserWarning, match="float32"):
+        _, amp = train_recipe(lambda: get_model("under8k"), recipe, device=CPU, seed=1, root=mnist_root,
+                              progress=False, speed=Speed(amp=True, eval_batch_size=500))
+    assert amp.meta["speed"] == {"amp": False, "compile": False, "eval_batch_size": 500}
+    assert amp.column("train_loss") == plain.column("train_loss")

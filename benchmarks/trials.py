@@ -1,0 +1,64 @@
+"""Exploratory single-seed trials behind notebook 08's parameter ladder: one architecture, one recipe change.
+
+    python benchmarks/trials.py NAME CLASS SPEC [--recipe JSON] [--seed 0] [--threads 1]
+    python benchmarks/trials.py b32 LadderNet '{"block1": [8, 10, 12], "squeeze": 8, "block2": [10, 10, 12]}' \
+        --recipe '{"batch_size": 32}'
+
+CLASS is LadderNet or PyramidNet from mnist_lesson.models, SPEC its keyword arguments as JSON, and --recipe
+changes fields of the final model's recipe. Each trial appends one line (the full per-epoch test and train
+accuracy) to benchmarks/results/ladder_trials.jsonl. Trials are one seed each: they pick what to verify, and
+only benchmarks/seeds.py (five seeds, last three epochs) makes a claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from mnist_lesson.models import FINAL_RECIPE, LadderNet, PyramidNet, count_parameters
+from mnist_lesson.train import describe_device, pick_device, smoke_mode, train_recipe
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CLASSES = {"LadderNet": LadderNet, "PyramidNet": PyramidNet}
+
+
+def main() -> int:
+    """Train one trial and append its record."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", help="a short label for the trial")
+    parser.add_argument("cls", choices=sorted(CLASSES))
+    parser.add_argument("spec", type=json.loads, help="the class's keyword arguments as JSON")
+    parser.add_argument("--recipe", type=json.loads, default={}, help="changes to the final recipe, as JSON")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS / "ladder_trials.jsonl")
+    args = parser.parse_args()
+    if smoke_mode():
+        print("MNIST_LESSON_SMOKE is set: trials are never recorded in smoke mode; unset it", file=sys.stderr)
+        return 2
+    torch.set_num_threads(args.threads)
+    spec = {key: tuple(map(tuple, value)) if key == "stages" else value for key, value in args.spec.items()}
+
+    def build() -> torch.nn.Module:
+        return CLASSES[args.cls](**spec)
+
+    recipe = FINAL_RECIPE.with_overrides(**args.recipe)
+    device = pick_device("cpu")
+    _, history = train_recipe(build, recipe, device=device, seed=args.seed, progress=False)
+    record = {"name": args.name, "class": args.cls, "spec": args.spec, "recipe_changes": args.recipe,
+              "seed": args.seed, "params": count_parameters(build()), "device": describe_device(device),
+              "test_acc": history.column("test_acc"), "train_acc": history.column("train_acc"),
+              "seconds": history.column("seconds")}
+    with open(args.out, "a") as out:
+        out.write(json.dumps(record) + "\n")
+    print(f"{args.name}: {record['params']:,} parameters, last 3 epochs "
+          f"{', '.join(f'{a:.2f}' for a in record['test_acc'][-3:])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
