@@ -178,3 +178,17 @@ def steady_seconds(epoch_seconds: list[float]) -> float:
     import statistics
 
     return statistics.median(epoch_seconds[1:] or epoch_seconds)
+
+
+def trials_table(path: Path) -> str:
+    """Return a markdown table of the single-seed trials in a JSON-lines file written by benchmarks/trials.py."""
+    rows = ["| trial | parameters | architecture | recipe change | seed | last 3 epochs | train acc, last epoch |",
+            "|---|---:|---|---|---:|---|---:|"]
+    for line in Path(path).read_text().splitlines():
+        trial = json.loads(line)
+        spec = ", ".join(f"{key}={value}" for key, value in trial["spec"].items())
+        change = ", ".join(f"{key}={value}" for key, value in trial["recipe_changes"].items()) or "none"
+        last = ", ".join(f"{a:.2f}" for a in trial["test_acc"][-LAST_EPOCHS:])
+        rows.append(f"| {trial['name']} | {trial['params']:,} | {trial['class']}({spec}) | {change} | {trial['seed']} "
+                    f"| {last} | {trial['train_acc'][-1]:.2f} |")
+    return "\n".join(rows)

@@ -70,8 +70,13 @@ def test_recipe_overrides_reject_unknown_fields() -> None:
 # final: block3's last conv 16 -> 24 channels: (16*24*9 + 2*24) - (16*16*9 + 2*16) = +1,168;
 #   head 160 -> 24*32 + 2*32 + 32*10 = 1,152 (+992): 15,992 + 1,168 + 992 = 18,152
 # first: 1*32*9+32 + 32*64*9+64 + 9216*128+128 + 128*10+10 = 1,199,882
+# The ladder (notebook 08): a separable block costs 9*c_in (depthwise) + c_in*c_out (pointwise) + 2*c_out (BN);
+#   the first conv 1*8*9 + 16 = 88 and the head c*10.
+# under8k: 88 + sep(8,16) 232 + sep(16,32) 720 + sep(32,32) 1,376 + sep(32,40) 1,648 + sep(40,48) 2,376 + 480 = 6,920
+# under5k: 88 + sep(8,16) 232 + sep(16,24) 576 + sep(24,24) 840 + sep(24,32) 1,048 + sep(32,40) 1,648 + 400 = 4,832
+# under3762: 88 + sep(8,12) 192 + sep(12,18) 360 + sep(18,18) 522 + sep(18,28) 722 + sep(28,40) 1,452 + 400 = 3,736
 EXPECTED = {"first": 1_199_882, "skeleton": 24_666, "transitions": 18_266, "batchnorm": 18_402, "dropout": 18_402,
-            "gap": 15_992, "final": 18_152, "seed": 13_816}
+            "gap": 15_992, "final": 18_152, "seed": 13_816, "under8k": 6_920, "under5k": 4_832, "under3762": 3_736}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -82,3 +87,22 @@ def test_step_models_have_their_hand_computed_size(name: str) -> None:
 def test_every_model_under_the_budget_except_the_deliberate_ones() -> None:
     over = {name for name in MODELS if count_parameters(get_model(name)) >= 20_000}
     assert over == {"first", "skeleton"}
+
+
+def test_every_ladder_rung_stays_under_its_limit() -> None:
+    from mnist_lesson.models import LADDER
+
+    assert LADDER == {"under8k": 8_000, "under5k": 5_000, "under3762": 3_762}
+    for name, limit in LADDER.items():
+        assert count_parameters(get_model(name)) < limit, name
+
+
+def test_separable_block_is_a_per_channel_3x3_then_a_1x1_mix() -> None:
+    from mnist_lesson.models import separable_block
+
+    block = separable_block(8, 16)
+    depthwise, pointwise = block[0], block[1]
+    assert depthwise.groups == 8 and depthwise.weight.shape == (8, 1, 3, 3)
+    assert pointwise.weight.shape == (16, 8, 1, 1)
+    assert count_parameters(block) == 9 * 8 + 8 * 16 + 2 * 16
+    assert block(torch.zeros(2, 8, 10, 10)).shape == (2, 16, 8, 8)

@@ -7,15 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from mnist_lesson.models import MODELS, count_parameters, get_model, get_recipe
+from mnist_lesson.models import LADDER, MODELS, count_parameters, get_model, get_recipe
 from mnist_lesson.results import (
     LAST_EPOCHS,
     TARGET,
     describe_result,
     record_run,
     seed_claim,
+    seeds_table,
+    steady_seconds,
     step_summaries,
     summarize,
+    summarize_seeds,
+    trials_table,
 )
 from mnist_lesson.train import SMOKE_ENV, EpochStats, History
 
@@ -55,7 +59,7 @@ def test_describe_result_uses_the_last_epochs() -> None:
 
 def test_every_step_has_a_recorded_full_run_that_matches_its_model() -> None:
     summaries = step_summaries(RESULTS / "steps")
-    assert [s.model for s in summaries] == [name for name in MODELS if name != "seed"]
+    assert [s.model for s in summaries] == [name for name in MODELS if name != "seed" and name not in LADDER]
     for summary in summaries:
         recorded = json.loads((RESULTS / "steps" / f"{summary.model}.json").read_text())["meta"]
         assert summary.params == count_parameters(get_model(summary.model))
@@ -75,3 +79,50 @@ def test_final_model_claim_holds_on_every_seed() -> None:
     for run in data["runs"]:
         assert len(run["test_acc"]) == get_recipe("final").epochs <= 15
         assert min(run["test_acc"][-LAST_EPOCHS:]) >= TARGET, f"seed {run['seed']}: {run['test_acc'][-LAST_EPOCHS:]}"
+
+
+def write_seeds_file(path: Path, lasts: dict[int, list[float]], params: int = 4_000) -> Path:
+    runs = [{"seed": seed, "device": "cpu (1 threads)", "seconds": 60.0, "test_acc": [98.0] * 12 + last,
+             "train_acc": [99.0] * 15, "test_loss": [0.02] * 15} for seed, last in lasts.items()]
+    path.write_text(json.dumps({"model": "tiny", "params": params, "recipe": {"epochs": 15}, "runs": runs}))
+    return path
+
+
+def test_seeds_summary_judges_every_last_epoch_of_every_seed(tmp_path: Path) -> None:
+    path = write_seeds_file(tmp_path / "seeds_tiny.json", {0: [99.45, 99.41, 99.50], 1: [99.50, 99.39, 99.60]})
+    summary = summarize_seeds(path)
+    assert summary.seed_mins == {0: 99.41, 1: 99.39}
+    assert summary.worst == 99.39 and summary.passing == 1 and not summary.holds
+    table = seeds_table([summary])
+    assert "| tiny | 4,000 | 15 | 1 of 2 | 99.39 | 99.41, 99.39 | cpu (1 threads) |" in table
+    path = write_seeds_file(tmp_path / "seeds_tiny.json", {0: [99.40, 99.41, 99.50]})
+    assert summarize_seeds(path).holds
+    write_seeds_file(tmp_path / "seeds_none.json", {})
+    with pytest.raises(ValueError, match="no runs yet"):
+        summarize_seeds(tmp_path / "seeds_none.json")
+
+
+def test_trials_table_and_steady_epoch_time(tmp_path: Path) -> None:
+    trial = {"name": "t1", "class": "LadderNet", "spec": {"block1": [8]}, "recipe_changes": {"batch_size": 32},
+             "seed": 0, "params": 1_234, "test_acc": [99.0, 99.41, 99.42, 99.43], "train_acc": [98.0, 99.25]}
+    (tmp_path / "trials.jsonl").write_text(json.dumps(trial) + "\n")
+    table = trials_table(tmp_path / "trials.jsonl")
+    assert "| t1 | 1,234 | LadderNet(block1=[8]) | batch_size=32 | 0 | 99.41, 99.42, 99.43 | 99.25 |" in table
+    assert steady_seconds([30.0, 10.0, 12.0, 11.0]) == 11.0  # the first epoch (compiling) is left out
+    assert steady_seconds([5.0]) == 5.0
+
+
+@pytest.mark.parametrize("name", sorted(LADDER))
+def test_every_ladder_rung_was_verified_on_five_seeds(name: str) -> None:
+    """Each rung's committed five-seed file matches the registered model and recipe (at most 15 epochs)."""
+    data = json.loads((RESULTS / f"seeds_{name}.json").read_text())
+    assert data["params"] == count_parameters(get_model(name)) < LADDER[name]
+    assert data["recipe"] == get_recipe(name).to_dict() and get_recipe(name).epochs <= 15
+    assert sorted(run["seed"] for run in data["runs"]) == [0, 1, 2, 3, 4]
+    assert all(len(run["test_acc"]) == get_recipe(name).epochs for run in data["runs"])
+
+
+@pytest.mark.parametrize("name", ["under8k", "under5k"])
+def test_required_ladder_rungs_hold_the_claim_on_every_seed(name: str) -> None:
+    holds, lines = seed_claim(json.loads((RESULTS / f"seeds_{name}.json").read_text()))
+    assert holds, "\n".join(lines)
