@@ -118,3 +118,24 @@ def summary_text(model: nn.Module, input_size: tuple[int, int, int] = (1, 28, 28
                  limit: int | None = None) -> str:
     """Return the layer table and the parameter report as one text (`python -m mnist_lesson summary`)."""
     return f"{layer_table(model, input_size).to_text()}\n\n{parameter_report(model, limit)}"
+
+
+def params_by_kind(model: nn.Module) -> dict[str, int]:
+    """Return the model's parameters grouped by layer kind: full 3x3-style convs, depthwise convs, 1x1 convs,
+    normalization and everything else (notebook 08)."""
+    kinds = {"full kxk conv": 0, "depthwise conv": 0, "1x1 conv": 0, "normalization": 0, "other": 0}
+    for module in _check_model(model).modules():
+        own = sum(p.numel() for p in module.parameters(recurse=False))
+        if not own:
+            continue
+        if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
+            kinds["1x1 conv"] += own
+        elif isinstance(module, nn.Conv2d) and module.groups == module.in_channels > 1:
+            kinds["depthwise conv"] += own
+        elif isinstance(module, nn.Conv2d):
+            kinds["full kxk conv"] += own
+        elif isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
+            kinds["normalization"] += own
+        else:
+            kinds["other"] += own
+    return kinds

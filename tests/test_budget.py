@@ -129,3 +129,18 @@ def test_summary_text_joins_table_and_report(seed: nn.Module) -> None:
     assert text == f"{table}\n\n{parameter_report(seed, 20_000)}"
     assert "Final receptive field 32x32 covers the 28x28 input" in text
     assert text.endswith("under budget by 6,184")
+
+
+def test_params_by_kind_splits_separable_rungs_and_plain_models() -> None:
+    from mnist_lesson.budget import params_by_kind
+    from mnist_lesson.models import get_model
+
+    kinds = params_by_kind(get_model("under5k"))
+    # first conv 72; depthwise 9 * (8 + 16 + 24 + 24 + 32) = 936; pointwise 8*16 + 16*24 + 24*24 + 24*32 + 32*40
+    # = 3,136 plus the head's 400; BN 2 * (8 + 16 + 24 + 24 + 32 + 40) = 288
+    assert kinds == {"full kxk conv": 72, "depthwise conv": 936, "1x1 conv": 3_536, "normalization": 288, "other": 0}
+    assert sum(kinds.values()) == 4_832
+    seed = params_by_kind(get_model("seed"))
+    assert seed["depthwise conv"] == 0 and sum(seed.values()) == 13_816
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        params_by_kind("not a model")  # type: ignore[arg-type]
