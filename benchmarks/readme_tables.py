@@ -19,6 +19,7 @@ from pathlib import Path
 from mnist_lesson.results import (
     LAST_EPOCHS,
     TARGET,
+    seeds_label,
     seeds_table,
     steady_seconds,
     step_summaries,
@@ -57,7 +58,7 @@ def seeds_results_table(results: Path = RESULTS) -> str:
         for run in data["runs"]:
             last = run["test_acc"][-LAST_EPOCHS:]
             last_text = ", ".join(f"{a:.2f}" for a in last)
-            rows.append(f"| {data['model']} | {data['params']:,} | {run['seed']} | {last_text} "
+            rows.append(f"| {seeds_label(data)} | {data['params']:,} | {run['seed']} | {last_text} "
                         f"| {'yes' if min(last) >= TARGET else 'NO'} | {max(run['test_acc']):.2f} "
                         f"| {run['seconds']:.0f} | {run['device']} |")
     return "\n".join(rows)

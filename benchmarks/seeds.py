@@ -47,7 +47,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (at most 15 for a claim)")
     parser.add_argument("--out", type=Path, help="results file (default benchmarks/results/seeds_MODEL.json)")
     parser.add_argument("--threads", type=int, help="CPU threads for this process (e.g. 1 to run two side by side)")
-    parser.add_argument("--amp", action="store_true", help="train with bfloat16 autocast (CUDA GPUs)")
+    parser.add_argument("--amp", action="store_true", help="train with bfloat16 autocast (native bfloat16 only)")
     parser.add_argument("--compile", action="store_true", help="train a torch.compile'd model")
     args = parser.parse_args()
     if smoke_mode():

@@ -4,7 +4,8 @@ Every configuration runs in this one process, on the same device, alternating, w
 its recipe (batch 64, rotation and shift, one-cycle). The baseline is the seed-style set-up: torchvision's
 DataLoader with per-image RandomAffine, ToTensor and Normalize (2 workers), default memory layout, eager
 float32. The levers add up: data and augmentation held on the device with channels-last layout (the
-package default), then torch.compile, then (on a CUDA GPU with bfloat16) mixed precision.
+package default), then torch.compile, then bfloat16 mixed precision (on devices that compute in bfloat16
+natively: recent CUDA GPUs, CPUs with AVX512-BF16 or AMX).
 
     python benchmarks/speed.py [--epochs 2] [--repeats 2] [--device auto] [--configs NAME ...] [--json FILE]
 
@@ -28,7 +29,7 @@ import torch
 from mnist_lesson.config import Speed
 from mnist_lesson.models import get_model, get_recipe
 from mnist_lesson.results import steady_seconds, write_json
-from mnist_lesson.train import describe_device, pick_device, smoke_mode, train_recipe
+from mnist_lesson.train import describe_device, native_bf16, pick_device, smoke_mode, train_recipe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "final"
@@ -42,7 +43,7 @@ CONFIGS: dict[str, tuple[str, bool, Speed]] = {
     "+ bfloat16 autocast": ("memory", True, Speed(amp=True)),
     "+ compile + autocast": ("memory", True, Speed(compile=True, amp=True)),
 }
-GPU_ONLY = {"+ bfloat16 autocast", "+ compile + autocast"}  # autocast is a no-op elsewhere
+AMP = {"+ bfloat16 autocast", "+ compile + autocast"}  # run only where the device has native bfloat16
 
 
 def timed_run(name: str, epochs: int, device: torch.device, seed: int) -> dict[str, float | list[float]]:
@@ -80,8 +81,8 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
-    amp_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    names = [n for n in CONFIGS if (amp_ok or n not in GPU_ONLY) and (not args.configs or n in args.configs)]
+    amp_ok = native_bf16(device)
+    names = [n for n in CONFIGS if (amp_ok or n not in AMP) and (not args.configs or n in args.configs)]
     names = [BASELINE] + [n for n in names if n != BASELINE]
     where = f"{describe_device(device)}, {platform.machine()}, torch {torch.__version__}"
     print(f"device: {where}; model {MODEL}, {args.epochs} epoch(s) per run, {args.repeats} repeat(s)", flush=True)

@@ -135,8 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--root", help="data folder (default: $MNIST_LESSON_DATA or a per-user cache)")
     train.add_argument("--out", default="runs", help="folder for run folders (default ./runs)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
-    train.add_argument("--amp", action="store_true", help="bfloat16 mixed precision (CUDA GPUs that support it)")
-    train.add_argument("--compile", action="store_true", help="torch.compile the model (a minute to compile)")
+    train.add_argument("--amp", action="store_true",
+                       help="bfloat16 mixed precision (native bfloat16 only: recent GPUs, CPUs with AVX512-BF16, AMX)")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile the model (seconds to a minute of compiling first)")
     train.add_argument("--eval-batch-size", type=int,
                        help="test-set batch size (default: 10,000 on a GPU, the recipe's elsewhere)")
     train.set_defaults(run=_train)

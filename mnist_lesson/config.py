@@ -44,7 +44,7 @@ GPU_EVAL_BATCH = 10_000  # the whole test set in one batch: on a GPU, fewer and 
 class Speed:
     """How a run executes, not what it learns: levers that change its wall time (benchmarks/speed.py)."""
 
-    amp: bool = False  # bfloat16 autocast on a CUDA GPU that supports it; ignored elsewhere (with a note)
+    amp: bool = False  # bfloat16 autocast where the device has native bfloat16 (train.native_bf16); else a warning
     compile: bool = False  # torch.compile the model; costs a minute of compiling first, pays off on long runs
     eval_batch_size: int | None = None  # None: GPU_EVAL_BATCH on a GPU, the recipe's own elsewhere
 

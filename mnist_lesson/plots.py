@@ -14,6 +14,7 @@ import torch
 from matplotlib import pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from mnist_lesson.receptive_field import LayerTable
 from mnist_lesson.results import TARGET, RunSummary, SeedsSummary
@@ -145,6 +146,10 @@ def plot_ladder(rungs: Sequence[SeedsSummary], anchors: Sequence[tuple[str, int,
     ax.set(xscale="log", xlabel="parameters",
            ylabel="lowest test accuracy of the last 3 epochs (%)",
            title="the parameter ladder: every seed, last epochs (bar: worst to best seed)")
+    thousands = FuncFormatter(lambda value, _: f"{value:,.0f}")
+    ax.xaxis.set_major_formatter(thousands)
+    ax.xaxis.set_minor_formatter(thousands)
+    ax.tick_params(axis="x", which="minor", labelsize="x-small")
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()

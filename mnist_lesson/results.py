@@ -150,6 +150,12 @@ class SeedsSummary:
         return self.passing == len(self.last_accs)
 
 
+def seeds_label(data: dict[str, Any]) -> str:
+    """Return a multi-seed file's model name plus the speed levers its runs used, e.g. "final (amp)"."""
+    levers = [lever for lever in ("amp", "compile") if any(run.get("speed", {}).get(lever) for run in data["runs"])]
+    return f"{data['model']} ({', '.join(levers)})" if levers else data["model"]
+
+
 def summarize_seeds(path: Path) -> SeedsSummary:
     """Read a multi-seed results file written by benchmarks/seeds.py and return its summary."""
     data = json.loads(Path(path).read_text())
@@ -157,7 +163,7 @@ def summarize_seeds(path: Path) -> SeedsSummary:
     if not runs:
         raise ValueError(f"{path} holds no runs yet; run benchmarks/seeds.py --model {data['model']}")
     devices = sorted({run["device"] for run in runs})
-    return SeedsSummary(data["model"], data["params"], data["recipe"]["epochs"],
+    return SeedsSummary(seeds_label(data), data["params"], data["recipe"]["epochs"],
                         {run["seed"]: tuple(run["test_acc"][-LAST_EPOCHS:]) for run in runs}, ", ".join(devices))
 
 

@@ -113,13 +113,25 @@ class History:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Return whether `device` computes in bfloat16 in hardware: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX instructions (where other CPUs would only emulate it, slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)  # Ampere and later; a T4 or V100 only emulates
+    if device.type == "cpu":
+        # Private probes (torch 2.1+); an older torch, without them, is treated as unsupported.
+        probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(probe() for probe in probes if probe is not None)
+    return False
+
+
 def use_amp(device: torch.device, requested: bool) -> bool:
-    """Return whether bfloat16 autocast runs: only when requested and on a CUDA GPU that supports it."""
+    """Return whether bfloat16 autocast runs: only when requested and on a device with native bfloat16."""
     if not requested:
         return False
-    if device.type != "cuda" or not torch.cuda.is_bf16_supported():
-        warnings.warn(f"mixed precision (amp) needs a CUDA GPU with bfloat16 support; {describe_device(device)} "
-                      "trains in float32 instead", stacklevel=2)
+    if not native_bf16(device):
+        warnings.warn(f"mixed precision (amp) needs native bfloat16 (a recent CUDA GPU, or a CPU with AVX512-BF16 "
+                      f"or AMX); {describe_device(device)} trains in float32 instead", stacklevel=2)
         return False
     return True
 
@@ -178,7 +190,8 @@ def fit(model: nn.Module, train_batches: Batches, test_batches: Batches, optimiz
         on_epoch: Callable[[EpochStats], None] | None = None) -> History:
     """Train `model` for `epochs` epochs, evaluating after each; return the per-epoch History.
 
-    `amp` runs forward passes under bfloat16 autocast (see `use_amp`); the weights stay float32.
+    `amp` runs forward passes under bfloat16 autocast (see `use_amp`), evaluation included, so the test
+    accuracy is that of the model as it runs; the weights stay float32.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -293,14 +306,20 @@ def train_recipe(build: Callable[[], nn.Module], recipe: Recipe, *, device: torc
     """
     speed = speed or Speed()
     seed_everything(seed)  # before building, so the initial weights depend on the seed too
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN time its algorithms once
     model = prepare_model(build(), recipe, device)
     train_batches, test_batches = make_loaders(recipe, device, seed, root, eval_batch_for(device, recipe, speed))
     optimizer, scheduler, per_batch = make_optimizer(model, recipe, len(train_batches))
     amp = use_amp(device, speed.amp)
-    history = fit(maybe_compile(model, speed.compile), train_batches, test_batches, optimizer, epochs=recipe.epochs,
-                  device=device, scheduler=scheduler, scheduler_per_batch=per_batch, progress=progress, amp=amp)
+    autotune = torch.backends.cudnn.benchmark
+    # On a GPU, let cuDNN time its algorithms once per input shape (all training batches but the last share
+    # one); it may pick different algorithms from run to run, so GPU runs repeat only up to rounding.
+    torch.backends.cudnn.benchmark = autotune or device.type == "cuda"
+    try:
+        history = fit(maybe_compile(model, speed.compile), train_batches, test_batches, optimizer,
+                      epochs=recipe.epochs, device=device, scheduler=scheduler, scheduler_per_batch=per_batch,
+                      progress=progress, amp=amp)
+    finally:
+        torch.backends.cudnn.benchmark = autotune
     history.meta.update(recipe=recipe.to_dict(), seed=seed, device=describe_device(device),
                         smoke=smoke_mode(), torch=torch.__version__,
                         params=count_parameters(model), speed={**speed.to_dict(), "amp": amp})

@@ -78,7 +78,7 @@ def test_every_step_model_is_taught_in_a_notebook() -> None:
 # come from a cell.
 ALLOWED_NUMBERS = {"99.40", "99.4", "20,000", "28x28", "3x3", "1x1", "2x2", "4x4", "3", "5", "15", "0-4",
                    "01", "02", "03", "04", "05", "06", "07", "08", "00", "02-07", "0", "1", "2", "16", "24", "32",
-                   "8,000", "5,000", "3,762", "10"}
+                   "8,000", "5,000", "3,762", "10", "64"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
@@ -97,3 +97,8 @@ def test_numbers_the_prose_states_are_true() -> None:
     assert get_model("gap").block3[-1][0].out_channels == 16
     assert recipe.epochs == 15 and recipe.schedule == "onecycle" and recipe.nesterov
     assert recipe.rotate_degrees > 0 and recipe.translate > 0
+    # Notebook 08: the ladder's recipe is the final one with "batches of 32 instead of 64".
+    from mnist_lesson.models import LADDER, LADDER_RECIPE
+
+    assert recipe.batch_size == 64 and LADDER_RECIPE == recipe.with_overrides(batch_size=32)
+    assert all(get_recipe(name) == LADDER_RECIPE for name in LADDER)

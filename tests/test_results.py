@@ -97,6 +97,10 @@ def test_seeds_summary_judges_every_last_epoch_of_every_seed(tmp_path: Path) -> 
     assert "| tiny | 4,000 | 15 | 1 of 2 | 99.39 | 99.41, 99.39 | cpu (1 threads) |" in table
     path = write_seeds_file(tmp_path / "seeds_tiny.json", {0: [99.40, 99.41, 99.50]})
     assert summarize_seeds(path).holds
+    data = json.loads(path.read_text())
+    data["runs"][0]["speed"] = {"amp": True, "compile": False, "eval_batch_size": None}
+    path.write_text(json.dumps(data))
+    assert summarize_seeds(path).model == "tiny (amp)"
     write_seeds_file(tmp_path / "seeds_none.json", {})
     with pytest.raises(ValueError, match="no runs yet"):
         summarize_seeds(tmp_path / "seeds_none.json")
@@ -126,3 +130,19 @@ def test_every_ladder_rung_was_verified_on_five_seeds(name: str) -> None:
 def test_required_ladder_rungs_hold_the_claim_on_every_seed(name: str) -> None:
     holds, lines = seed_claim(json.loads((RESULTS / f"seeds_{name}.json").read_text()))
     assert holds, "\n".join(lines)
+
+
+def test_ladder_plot_draws_every_rung_and_anchor(tmp_path: Path) -> None:
+    from mnist_lesson.plots import plot_ladder
+    from mnist_lesson.results import PUBLIC_ANCHORS
+
+    held = summarize_seeds(write_seeds_file(tmp_path / "a.json", {0: [99.5, 99.45, 99.5], 1: [99.41, 99.5, 99.6]}))
+    short = summarize_seeds(write_seeds_file(tmp_path / "b.json", {0: [99.3, 99.45, 99.5]}, params=3_000))
+    fig = plot_ladder([held, short], anchors=PUBLIC_ANCHORS)
+    ax = fig.axes[0]
+    labels = [text.get_text() for text in ax.texts]
+    assert labels == ["tiny (2/2 seeds)", "tiny (0/1 seeds)"]
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert len(legend) == len(PUBLIC_ANCHORS) + 1 and "3,762, best epoch" in legend[-2]
+    bars = [collection for collection in ax.collections if hasattr(collection, "get_segments")]
+    assert [tuple(bar.get_segments()[0][:, 1]) for bar in bars] == [(99.41, 99.45), (99.3, 99.3)]

@@ -20,6 +20,7 @@ from mnist_lesson.train import (
     fit,
     load_checkpoint,
     make_optimizer,
+    native_bf16,
     pick_device,
     save_checkpoint,
     seed_everything,
@@ -172,12 +173,19 @@ def test_step_schedule_logs_the_rate_each_epoch_trained_with(subset: tuple[torch
 
 
 def test_speed_options_fall_back_cleanly_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnist_lesson import train
     from mnist_lesson.config import GPU_EVAL_BATCH, Speed
     from mnist_lesson.train import eval_batch_for, maybe_compile, use_amp
 
+    monkeypatch.setattr(train, "native_bf16", lambda device: False)  # a CPU without AVX512-BF16 or AMX
     with pytest.warns(UserWarning, match="trains in float32 instead"):
         assert use_amp(CPU, True) is False
     assert use_amp(CPU, False) is False
+    monkeypatch.setattr(train, "native_bf16", lambda device: True)
+    assert use_amp(CPU, True) is True
+    monkeypatch.undo()
+    assert train.native_bf16(torch.device("meta")) is False
+    assert isinstance(train.native_bf16(CPU), bool)
     recipe = Recipe(eval_batch_size=500)
     assert eval_batch_for(CPU, recipe, Speed()) == 500
     assert eval_batch_for(torch.device("cuda"), recipe, Speed()) == GPU_EVAL_BATCH
@@ -191,9 +199,10 @@ def test_speed_options_fall_back_cleanly_on_the_cpu(monkeypatch: pytest.MonkeyPa
         assert maybe_compile(model, True) is model
 
 
-def test_speed_options_change_time_not_results(mnist_root: Path) -> None:
-    """Evaluating the whole test set in one batch gives the figures of batches of 1,000; amp asked for on the
-    CPU trains in float32 exactly as without it; the options are recorded with the run."""
+def test_speed_options_change_time_not_results(mnist_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluating the whole test set in one batch gives the figures of batches of 1,000; amp asked for on a
+    CPU without native bfloat16 trains in float32 exactly as without it; the options are recorded."""
+    from mnist_lesson import train
     from mnist_lesson.config import GPU_EVAL_BATCH, Speed
     from mnist_lesson.train import train_recipe
 
@@ -207,8 +216,25 @@ def test_speed_options_change_time_not_results(mnist_root: Path) -> None:
     recipe = get_recipe("under8k")
     _, plain = train_recipe(lambda: get_model("under8k"), recipe, device=CPU, seed=1, root=mnist_root,
                             progress=False)
+    monkeypatch.setattr(train, "native_bf16", lambda device: False)
     with pytest.warns(UserWarning, match="float32"):
         _, amp = train_recipe(lambda: get_model("under8k"), recipe, device=CPU, seed=1, root=mnist_root,
                               progress=False, speed=Speed(amp=True, eval_batch_size=500))
     assert amp.meta["speed"] == {"amp": False, "compile": False, "eval_batch_size": 500}
     assert amp.column("train_loss") == plain.column("train_loss")
+
+
+@pytest.mark.skipif(not native_bf16(CPU),
+                    reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+def test_amp_on_a_cpu_with_native_bfloat16_trains_in_bfloat16(mnist_root: Path) -> None:
+    from mnist_lesson.config import Speed
+    from mnist_lesson.train import train_recipe
+
+    recipe = get_recipe("under5k")
+    _, plain = train_recipe(lambda: get_model("under5k"), recipe, device=CPU, seed=0, root=mnist_root,
+                            progress=False)
+    _, amp = train_recipe(lambda: get_model("under5k"), recipe, device=CPU, seed=0, root=mnist_root,
+                          progress=False, speed=Speed(amp=True))
+    assert amp.meta["speed"]["amp"] is True
+    assert amp.column("train_loss") != plain.column("train_loss")  # bfloat16 rounds differently
+    assert amp.column("train_loss")[0] == pytest.approx(plain.column("train_loss")[0], rel=0.05)
