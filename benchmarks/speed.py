@@ -3,9 +3,9 @@
 Every configuration runs in this one process, on the same device, alternating, with the final model and
 its recipe (batch 64, rotation and shift, one-cycle). The baseline is the seed-style set-up: torchvision's
 DataLoader with per-image RandomAffine, ToTensor and Normalize (2 workers), default memory layout, eager
-float32. The levers add up: data and augmentation held on the device with channels-last layout (the
-package default), then torch.compile, then bfloat16 mixed precision (on devices that compute in bfloat16
-natively: recent CUDA GPUs, CPUs with AVX512-BF16 or AMX).
+float32. Then the package default (data and augmentation held on the device, channels-last layout), and
+the package default with torch.compile, with bfloat16 mixed precision, and with both (the last two only
+on devices that compute in bfloat16 natively: recent CUDA GPUs, CPUs with AVX512-BF16 or AMX).
 
     python benchmarks/speed.py [--epochs 2] [--repeats 2] [--device auto] [--configs NAME ...] [--json FILE]
 
