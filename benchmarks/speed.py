@@ -35,7 +35,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "final"
 BASELINE = "seed-style DataLoader"
 
-# name -> (data path, channels_last, Speed); the first is the baseline, each later one adds a lever.
+# name -> (data path, channels_last, Speed); the first is the baseline, the second the package default, and
+# each "+" configuration adds its lever(s) to the package default.
 CONFIGS: dict[str, tuple[str, bool, Speed]] = {
     BASELINE: ("dataloader", False, Speed()),
     "in-memory + channels_last": ("memory", True, Speed()),

@@ -45,7 +45,7 @@ class Speed:
     """How a run executes, not what it learns: levers that change its wall time (benchmarks/speed.py)."""
 
     amp: bool = False  # bfloat16 autocast where the device has native bfloat16 (train.native_bf16); else a warning
-    compile: bool = False  # torch.compile the model; costs a minute of compiling first, pays off on long runs
+    compile: bool = False  # torch.compile the model; seconds to a minute of compiling first; no gain on the project CPU
     eval_batch_size: int | None = None  # None: GPU_EVAL_BATCH on a GPU, the recipe's own elsewhere
 
     def to_dict(self) -> dict[str, Any]:

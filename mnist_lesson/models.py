@@ -241,14 +241,13 @@ class LadderNet(nn.Module):
 
     block1: widths of the 3x3 convs before the max-pool (the first is padded, the rest are not)
     squeeze: width of the 1x1 transition after the pool (0 for none)
-    block2: widths of the 3x3 convs after the pool
-    head_width: hidden 1x1 layer after the average pool, 0 for none
+    block2: widths of the 3x3 convs after the pool, then global average pooling and a 1x1 conv to the classes
     separable: block2 uses depthwise-separable convs (a 3x3 filter per channel, then a 1x1 mix)
     separable_block1: so do block1's convs after the first (which sees one channel and stays plain)
     """
 
-    def __init__(self, block1: tuple[int, ...], squeeze: int, block2: tuple[int, ...], head_width: int = 0,
-                 separable: bool = False, separable_block1: bool = False) -> None:
+    def __init__(self, block1: tuple[int, ...], squeeze: int, block2: tuple[int, ...], separable: bool = False,
+                 separable_block1: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         channels = 1
@@ -266,17 +265,10 @@ class LadderNet(nn.Module):
             layers.append(separable_block(channels, width) if separable else conv_block(channels, width))
             channels = width
         self.features = nn.Sequential(*layers)
-        head: list[nn.Module] = [nn.AdaptiveAvgPool2d(1)]
-        if head_width:
-            head.append(conv_block(channels, head_width, kernel_size=1))
-            channels = head_width
-        head.append(nn.Conv2d(channels, 10, 1, bias=False))
-        self.head = nn.Sequential(*head)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 10, 1, bias=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(self.head(self.features(x)).flatten(1), dim=1)
-
-
 
 
 class PyramidNet(nn.Module):

@@ -98,6 +98,14 @@ def plot_generalization_gap(histories: Mapping[str, History]) -> Figure:
     return fig
 
 
+def _draw_anchors(ax: Axes, anchors: Sequence[tuple[str, int, float]]) -> None:
+    """Draw (label, params, accuracy) results from elsewhere as grey markers, and the target as a red line."""
+    markers = "xP*D^v"
+    for (label, params, accuracy), marker in zip(anchors, markers, strict=False):
+        ax.scatter(params, accuracy, marker=marker, color="grey", label=f"{label}: {params:,}, best epoch")
+    ax.axhline(TARGET, color="tab:red", linewidth=1, label=f"{TARGET:.1f}% target")
+
+
 def plot_params_vs_accuracy(summaries: Sequence[RunSummary],
                             anchors: Sequence[tuple[str, int, float]] = ()) -> Figure:
     """Return a log-x scatter of parameters against the lowest of the last epochs' test accuracy (notebook 07).
@@ -110,10 +118,7 @@ def plot_params_vs_accuracy(summaries: Sequence[RunSummary],
         # Alternate label offsets so neighbouring steps of similar size stay readable.
         ax.annotate(summary.model, (summary.params, summary.last_min), textcoords="offset points",
                     xytext=(6, 6 if i % 2 else -12), fontsize="small")
-    markers = "xP*D^v"
-    for (label, params, accuracy), marker in zip(anchors, markers, strict=False):
-        ax.scatter(params, accuracy, marker=marker, color="grey", label=f"{label}: {params:,}, best epoch")
-    ax.axhline(TARGET, color="tab:red", linewidth=1, label=f"{TARGET:.1f}% target")
+    _draw_anchors(ax, anchors)
     ax.axvline(20_000, color="tab:orange", linewidth=1, linestyle="--", label="20,000 parameters")
     ax.set(xscale="log", xlabel="parameters", ylabel="lowest test accuracy of the last 3 epochs (%)",
            title="accuracy against size")
@@ -139,10 +144,7 @@ def plot_ladder(rungs: Sequence[SeedsSummary], anchors: Sequence[tuple[str, int,
         ax.scatter(rung.params, min(lows), color=color, zorder=3)
         ax.annotate(f"{rung.model} ({rung.passing}/{len(lows)} seeds)", (rung.params, min(lows)),
                     textcoords="offset points", xytext=(6, 6 if i % 2 else -12), fontsize="small")
-    markers = "xP*D^v"
-    for (label, params, accuracy), marker in zip(anchors, markers, strict=False):
-        ax.scatter(params, accuracy, marker=marker, color="grey", label=f"{label}: {params:,}, best epoch")
-    ax.axhline(TARGET, color="tab:red", linewidth=1, label=f"{TARGET:.1f}% target")
+    _draw_anchors(ax, anchors)
     ax.set(xscale="log", xlabel="parameters",
            ylabel="lowest test accuracy of the last 3 epochs (%)",
            title="the parameter ladder: every seed, last epochs (bar: worst to best seed)")

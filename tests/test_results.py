@@ -146,3 +146,40 @@ def test_ladder_plot_draws_every_rung_and_anchor(tmp_path: Path) -> None:
     assert len(legend) == len(PUBLIC_ANCHORS) + 1 and "3,762, best epoch" in legend[-2]
     bars = [collection for collection in ax.collections if hasattr(collection, "get_segments")]
     assert [tuple(bar.get_segments()[0][:, 1]) for bar in bars] == [(99.41, 99.45), (99.3, 99.3)]
+
+
+def trial_last3(name: str, seed: int) -> list[float]:
+    """One recorded trial's last 3 test accuracies."""
+    for line in (RESULTS / "ladder_trials.jsonl").read_text().splitlines():
+        trial = json.loads(line)
+        if trial["name"] == name and trial["seed"] == seed:
+            return trial["test_acc"][-LAST_EPOCHS:]
+    raise KeyError((name, seed))
+
+
+def last3_range(name: str, seed: int) -> str:
+    """The "low-high" of one trial's last 3 epochs, as the README quotes it."""
+    last = trial_last3(name, seed)
+    return f"{min(last):.2f}-{max(last):.2f}"
+
+
+def test_readme_prose_figures_come_from_the_results_files() -> None:
+    """The figures the README's ladder and speed prose quotes, recomputed from the files that measured them."""
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"plain net reached {last3_range('b32', 0)}" in readme
+    assert f"4,832 parameters reached {last3_range('sepB-b32', 0)}" in readme
+    assert f"from {last3_range('u8k-b64', 1)} to {last3_range('u8k-b32', 1)}" in readme
+    assert f"did not help ({last3_range('sepB-b32-t05', 0)} against {last3_range('sepB-b32', 0)})" in readme
+    assert f"({last3_range('p1', 0)})" in readme
+    assert f"seed 2 then dipped to {min(trial_last3('u8k-b32', 2)):.2f}" in readme
+
+    under5k = summarize_seeds(RESULTS / "seeds_under5k.json")
+    assert under5k.worst == TARGET and "its worst epoch is exactly 99.40" in readme
+    stretch = json.loads((RESULTS / "seeds_under3762.json").read_text())
+    assert summarize_seeds(RESULTS / "seeds_under3762.json").passing == 0 and "short on every seed" in readme
+    assert sum(run["test_acc"][-1] < TARGET for run in stretch["runs"]) == 3 and "on three seeds the final" in readme
+    amp = summarize_seeds(RESULTS / "seeds_final_amp.json")
+    seed4 = next(run["test_acc"] for run in json.loads((RESULTS / "seeds_final_amp.json").read_text())["runs"]
+                 if run["seed"] == 4)
+    assert amp.passing == 4 and amp.seed_mins[4] == seed4[12] == 99.38  # epoch 13 is index 12
+    assert "on 4 of 5 seeds, and seed 4 dips to 99.38 in epoch 13" in readme
