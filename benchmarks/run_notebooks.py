@@ -16,13 +16,13 @@ import time
 from pathlib import Path
 
 import nbformat
+from common import REPO, RESULTS, refuse_smoke_mode
 from nbclient import NotebookClient
 
 from mnist_lesson.results import write_json
-from mnist_lesson.train import describe_device, pick_device, smoke_mode
+from mnist_lesson.runs import describe_device, pick_device
 
-REPO = Path(__file__).resolve().parents[1]
-TIMES = REPO / "benchmarks" / "results" / "notebook_times.json"
+TIMES = RESULTS / "notebook_times.json"
 
 
 def run_notebook(path: Path, timeout: int = 3600) -> float:
@@ -41,9 +41,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path)
     args = parser.parse_args()
-    if smoke_mode():
-        print("MNIST_LESSON_SMOKE is set: stored outputs must come from full runs; unset it", file=sys.stderr)
-        return 2
+    refuse_smoke_mode("stored outputs must come from full runs")
     paths = args.notebooks or sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     device = describe_device(pick_device())
     times = json.loads(TIMES.read_text()) if TIMES.exists() else {}

@@ -21,13 +21,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from common import RESULTS, refuse_smoke_mode, set_threads
 
-from mnist_lesson.config import Speed
-from mnist_lesson.models import count_parameters, get_model, get_recipe
-from mnist_lesson.results import LAST_EPOCHS, TARGET, seed_claim, write_json
-from mnist_lesson.train import describe_device, pick_device, smoke_mode, train_recipe
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from mnist_lesson.budget import count_parameters
+from mnist_lesson.config import Recipe, Speed
+from mnist_lesson.models import get_model, get_recipe
+from mnist_lesson.results import summarize_seeds, write_json
+from mnist_lesson.runs import pick_device, train_recipe
 
 
 @contextmanager
@@ -50,21 +50,19 @@ def main() -> int:
     parser.add_argument("--amp", action="store_true", help="train with bfloat16 autocast (native bfloat16 only)")
     parser.add_argument("--compile", action="store_true", help="train a torch.compile'd model")
     args = parser.parse_args()
-    if smoke_mode():
-        print("MNIST_LESSON_SMOKE is set: smoke runs are not recorded; unset it to verify", file=sys.stderr)
-        return 2
+    refuse_smoke_mode("smoke runs are never recorded")
     speed = Speed(amp=args.amp, compile=args.compile)
     suffix = "".join(f"_{lever}" for lever in ("amp", "compile") if getattr(speed, lever))
     out = args.out or RESULTS / f"seeds_{args.model}{suffix}.json"
     recipe = get_recipe(args.model).with_overrides(epochs=args.epochs)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     device = pick_device(args.device)
     fresh = {"model": args.model, "runs": [], "params": count_parameters(get_model(args.model)),
              "recipe": recipe.to_dict(), "torch": torch.__version__}
     with results_file(out, fresh) as data:
-        if data["recipe"] != recipe.to_dict():
-            print(f"{out} holds runs of another recipe; move it away or pass --out", file=sys.stderr)
+        if not recipe.matches(data["recipe"]):
+            print(f"{out} holds runs of another recipe ({Recipe.from_dict(data['recipe'])}); move it away or pass "
+                  "--out", file=sys.stderr)
             return 2
     for seed in args.seeds:
         with results_file(out, fresh) as data:
@@ -72,20 +70,16 @@ def main() -> int:
                 print(f"seed {seed}: already in {out}, skipped")
                 continue
         start = time.perf_counter()
-        _, history = train_recipe(lambda: get_model(args.model), recipe, device=device, seed=seed, speed=speed)
-        run = {"seed": seed, "device": describe_device(device), "seconds": time.perf_counter() - start,
-               "speed": history.meta["speed"],
-               "test_acc": history.column("test_acc"), "train_acc": history.column("train_acc"),
-               "test_loss": history.column("test_loss")}
+        _, history = train_recipe(args.model, recipe, device=device, seed=seed, speed=speed, smoke=False)
+        meta = history.meta
+        run = {"seed": seed, "device": meta["device"], "seconds": time.perf_counter() - start, "speed": meta["speed"],
+               "code": meta["code"], "date": meta["date"], "test_acc": history.column("test_acc"),
+               "train_acc": history.column("train_acc"), "test_loss": history.column("test_loss")}
         with results_file(out, fresh) as data:  # re-read: another process may have added seeds meanwhile
             data["runs"] = sorted([r for r in data["runs"] if r["seed"] != seed] + [run], key=lambda r: r["seed"])
             write_json(out, data)
-    data = json.loads(out.read_text())
-    ok, lines = seed_claim(data)
-    print(f"{args.model}: {data['params']:,} parameters, {recipe.epochs} epochs, results in {out}")
-    print("\n".join(lines))
-    print(f"claim (every one of the last {LAST_EPOCHS} epochs >= {TARGET:.2f}% on every seed): "
-          f"{'HOLDS' if ok else 'DOES NOT HOLD'}")
+    print(f"results in {out}")
+    print("\n".join(summarize_seeds(out).lines()))
     return 0
 
 

@@ -1,111 +1,120 @@
-"""Benchmark: the speed ladder. The final model trained the seed's way and with each speed lever, side by side.
+"""Benchmark: how fast a model trains the assignment's way and with each speed lever, side by side.
 
-Every configuration runs in this one process, on the same device, alternating, with the final model and
-its recipe (batch 64, rotation and shift, one-cycle). The baseline is the seed-style set-up: torchvision's
-DataLoader with per-image RandomAffine, ToTensor and Normalize (2 workers), default memory layout, eager
-float32. Then the package default (data and augmentation held on the device, channels-last layout), and
-the package default with torch.compile, with bfloat16 mixed precision, and with both (the last two only
-on devices that compute in bfloat16 natively: recent CUDA GPUs, CPUs with AVX512-BF16 or AMX).
+Every configuration runs in this one process, on the same device, alternating, with the same model,
+recipe and seeds; only the `Speed` of the run changes (how it executes, never what it learns). The
+baseline is the assignment's set-up: torchvision's DataLoader (per-image transforms, 2 workers), default
+memory layout, eager float32. Two modes:
 
-    python benchmarks/speed.py [--epochs 2] [--repeats 2] [--device auto] [--configs NAME ...] [--json FILE]
+- `levers` (default): the final model and its recipe (batch 64, rotation and shift, one-cycle): the
+  baseline, the package default (data and augmentation on the device, channels-last), and the default
+  with torch.compile, with bfloat16 autocast and with both (autocast only on devices with native
+  bfloat16: recent CUDA GPUs, CPUs with AVX512-BF16 or AMX);
+- `data-paths`: the assignment's model and recipe for one epoch: the baseline, each of the two levers of
+  the package default alone, and both.
+
+    python benchmarks/speed.py [--mode levers|data-paths] [--epochs N] [--repeats N] [--device auto] [--json FILE]
 
 Each run is timed from building the loaders (data loading included) to the last evaluation. The table
-reports the whole run, its first epoch (which pays for compiling) and the median of its later epochs (the
-steady speed), with the ratio of that steady epoch to the baseline's. `--epochs 15` times the full recipe,
-as `python -m mnist_lesson train final` runs it.
+reports the whole run and the median of its epochs after the first (which pays for compiling), with the
+ratio of that steady epoch to the baseline's. `--epochs 15` times the full recipe, as
+`python -m mnist_lesson train final` runs it.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
+from common import RESULTS, refuse_smoke_mode, set_threads, where
 
 from mnist_lesson.config import Speed
-from mnist_lesson.models import get_model, get_recipe
+from mnist_lesson.models import get_recipe
 from mnist_lesson.results import steady_seconds, write_json
-from mnist_lesson.train import describe_device, native_bf16, pick_device, smoke_mode, train_recipe
+from mnist_lesson.runs import describe_device, native_bf16, pick_device, train_recipe
 
-RESULTS = Path(__file__).resolve().parent / "results"
-MODEL = "final"
-BASELINE = "seed-style DataLoader"
-
-# name -> (data path, channels_last, Speed); the first is the baseline, the second the package default, and
-# each "+" configuration adds its lever(s) to the package default.
-CONFIGS: dict[str, tuple[str, bool, Speed]] = {
-    BASELINE: ("dataloader", False, Speed()),
-    "in-memory + channels_last": ("memory", True, Speed()),
-    "+ torch.compile": ("memory", True, Speed(compile=True)),
-    "+ bfloat16 autocast": ("memory", True, Speed(amp=True)),
-    "+ compile + autocast": ("memory", True, Speed(compile=True, amp=True)),
+BASELINE = "assignment's DataLoader"
+ASSIGNMENT_WAY = Speed(data="dataloader", channels_last=False)
+MODES: dict[str, tuple[str, int, dict[str, Speed]]] = {  # mode -> (model, default epochs, configurations)
+    "levers": ("final", 2, {
+        BASELINE: ASSIGNMENT_WAY,
+        "in-memory + channels_last": Speed(),
+        "+ torch.compile": Speed(compile=True),
+        "+ bfloat16 autocast": Speed(amp=True),
+        "+ compile + autocast": Speed(compile=True, amp=True),
+    }),
+    "data-paths": ("assignment", 1, {
+        BASELINE: ASSIGNMENT_WAY,
+        "DataLoader + channels_last": Speed(data="dataloader", channels_last=True),
+        "in-memory": Speed(data="memory", channels_last=False),
+        "in-memory + channels_last": Speed(),
+    }),
 }
-AMP = {"+ bfloat16 autocast", "+ compile + autocast"}  # run only where the device has native bfloat16
 
 
-def timed_run(name: str, epochs: int, device: torch.device, seed: int) -> dict[str, float | list[float]]:
-    """Train the final model with configuration `name` for `epochs`; return wall time, epoch times, accuracy."""
-    data, channels_last, speed = CONFIGS[name]
-    recipe = get_recipe(MODEL).with_overrides(data=data, channels_last=channels_last, epochs=epochs)
+def timed_run(model: str, speed: Speed, epochs: int, device: torch.device, seed: int) -> dict[str, float | list[float]]:
+    """Train `model` with its recipe for `epochs` at `speed`; return wall time, epoch times and final accuracy."""
+    recipe = get_recipe(model).with_overrides(epochs=epochs)
     if speed.compile:
         torch._dynamo.reset()  # each compiled run pays for its own compiling, as a fresh process would
     start = time.perf_counter()
-    _, history = train_recipe(lambda: get_model(MODEL), recipe, device=device, seed=seed, progress=False,
-                              speed=speed)
+    _, history = train_recipe(model, recipe, device=device, seed=seed, speed=speed, progress=False, smoke=False)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return {"wall": time.perf_counter() - start, "epochs": history.column("seconds"),
-            "test_acc": history.epochs[-1].test_acc}
+            "test_acc": history.epochs[-1]["test_acc"]}
 
 
 def main() -> int:
-    """Run every configuration `--repeats` times, alternating; print the table and write the results file."""
+    """Run every configuration of the mode `--repeats` times, alternating; print the table, write the file."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per run (15 = the full recipe)")
+    parser.add_argument("--mode", choices=list(MODES), default="levers")
+    parser.add_argument("--epochs", type=int, help="epochs per run (default: 2 for levers, 1 for data-paths)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per configuration")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), help="configurations to run "
-                        "(default: all that apply to the device; the baseline always runs)")
+    parser.add_argument("--configs", nargs="+", help="configurations to run (default: all that apply to the "
+                        "device; the baseline always runs)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
-    parser.add_argument("--json", type=Path, help="results file (default benchmarks/results/speed_DEVICE.json)")
+    parser.add_argument("--json", type=Path, help="results file (default benchmarks/results/speed_MODE_DEVICE.json)")
     args = parser.parse_args()
-    if smoke_mode():
-        print("MNIST_LESSON_SMOKE is set: it would time a few batches, not epochs; unset it", file=sys.stderr)
-        return 2
-    if args.epochs < 1 or args.repeats < 1:
+    refuse_smoke_mode("it would time a few batches, not epochs")
+    model, default_epochs, configs = MODES[args.mode]
+    epochs = args.epochs or default_epochs
+    if epochs < 1 or args.repeats < 1:
         print("error: --epochs and --repeats must be at least 1", file=sys.stderr)
         return 2
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    unknown = set(args.configs or ()) - set(configs)
+    if unknown:
+        print(f"error: unknown configuration(s) {sorted(unknown)}; mode {args.mode} has {list(configs)}",
+              file=sys.stderr)
+        return 2
+    set_threads(args.threads)
     device = pick_device(args.device)
     amp_ok = native_bf16(device)
-    names = [n for n in CONFIGS if (amp_ok or n not in AMP) and (not args.configs or n in args.configs)]
-    names = [BASELINE] + [n for n in names if n != BASELINE]
-    where = f"{describe_device(device)}, {platform.machine()}, torch {torch.__version__}"
-    print(f"device: {where}; model {MODEL}, {args.epochs} epoch(s) per run, {args.repeats} repeat(s)", flush=True)
+    names = [BASELINE] + [name for name, speed in configs.items() if name != BASELINE and (amp_ok or not speed.amp)
+                          and (not args.configs or name in args.configs)]
+    print(f"device: {where(device)}; model {model}, {epochs} epoch(s) per run, {args.repeats} repeat(s)", flush=True)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for repeat in range(args.repeats):
         for name in names:
-            run = timed_run(name, args.epochs, device, seed=repeat)
+            run = timed_run(model, configs[name], epochs, device, seed=repeat)
             runs[name].append(run)
             print(f"  [{describe_device(device)}] {name:28s} run {run['wall']:6.1f} s  first epoch "
                   f"{run['epochs'][0]:5.1f} s  later epochs {steady_seconds(run['epochs']):5.1f} s  "
                   f"test acc {run['test_acc']:.2f}%", flush=True)
     base = statistics.median(steady_seconds(run["epochs"]) for run in runs[BASELINE])
-    print(f"\n{MODEL} on {where}: medians of {args.repeats} run(s) of {args.epochs} epoch(s)")
+    print(f"\n{model} on {where(device)}: medians of {args.repeats} run(s) of {epochs} epoch(s)")
     print(f"  {'configuration':28s} {'run s':>7s} {'epoch s':>8s} {'vs baseline':>12s}")
     for name, values in runs.items():
         epoch = statistics.median(steady_seconds(run["epochs"]) for run in values)
         wall = statistics.median(run["wall"] for run in values)
         print(f"  {name:28s} {wall:7.1f} {epoch:8.2f} {epoch / base:11.2f}x")
-    out = args.json or RESULTS / f"speed_{device.type}.json"
-    write_json(out, {"device": where, "model": MODEL, "epochs": args.epochs, "baseline": BASELINE,
-                     "configs": {n: {"data": CONFIGS[n][0], "channels_last": CONFIGS[n][1],
-                                     **CONFIGS[n][2].to_dict()} for n in names},
+    out = args.json or RESULTS / f"speed_{args.mode}_{device.type}.json"
+    write_json(out, {"device": where(device), "model": model, "mode": args.mode, "epochs": epochs,
+                     "baseline": BASELINE, "configs": {name: configs[name].to_dict() for name in names},
                      "runs": runs})
     print(f"written to {out}")
     return 0

@@ -5,8 +5,9 @@
         --recipe '{"batch_size": 32}'
 
 CLASS is LadderNet or PyramidNet from mnist_lesson.models, SPEC its keyword arguments as JSON, and --recipe
-changes fields of the final model's recipe. Each trial appends one line (the full per-epoch test and train
-accuracy) to benchmarks/results/ladder_trials.jsonl. Trials are one seed each: they pick what to verify, and
+changes fields of the final model's recipe (augmentation as a whole: '{"augment": {"rotation": 7, "shift": 0.05}}').
+Each trial appends one line (the full per-epoch test and train accuracy) to
+mnist_lesson/evidence/ladder_trials.jsonl. Trials are one seed each: they pick what to verify, and
 only benchmarks/seeds.py (five seeds, last three epochs) makes a claim.
 """
 
@@ -18,11 +19,13 @@ import sys
 from pathlib import Path
 
 import torch
+from common import RESULTS, refuse_smoke_mode, set_threads
 
-from mnist_lesson.models import FINAL_RECIPE, LadderNet, PyramidNet, count_parameters
-from mnist_lesson.train import describe_device, pick_device, smoke_mode, train_recipe
+from mnist_lesson.budget import count_parameters
+from mnist_lesson.config import Recipe
+from mnist_lesson.models import FINAL_RECIPE, LadderNet, PyramidNet
+from mnist_lesson.runs import describe_device, pick_device, train_recipe
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CLASSES = {"LadderNet": LadderNet, "PyramidNet": PyramidNet}
 
 
@@ -37,18 +40,16 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "ladder_trials.jsonl")
     args = parser.parse_args()
-    if smoke_mode():
-        print("MNIST_LESSON_SMOKE is set: trials are never recorded in smoke mode; unset it", file=sys.stderr)
-        return 2
-    torch.set_num_threads(args.threads)
+    refuse_smoke_mode("trials are never recorded in smoke mode")
+    set_threads(args.threads)
     spec = {key: tuple(map(tuple, value)) if key == "stages" else value for key, value in args.spec.items()}
 
     def build() -> torch.nn.Module:
         return CLASSES[args.cls](**spec)
 
-    recipe = FINAL_RECIPE.with_overrides(**args.recipe)
+    recipe = Recipe.from_dict({**FINAL_RECIPE.to_dict(), **args.recipe})
     device = pick_device("cpu")
-    _, history = train_recipe(build, recipe, device=device, seed=args.seed, progress=False)
+    _, history = train_recipe(build, recipe, device=device, seed=args.seed, progress=False, smoke=False)
     record = {"name": args.name, "class": args.cls, "spec": args.spec, "recipe_changes": args.recipe,
               "seed": args.seed, "params": count_parameters(build()), "device": describe_device(device),
               "test_acc": history.column("test_acc"), "train_acc": history.column("train_acc"),

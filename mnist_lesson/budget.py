@@ -1,8 +1,8 @@
-"""Parameter budget: where a model's parameters sit, and whether it stays under the course's limit.
+"""Parameter budget: how many parameters a model has, where they sit, and whether it stays under a limit.
 
-Counts come straight from `model.parameters()` (each tensor once, trainable or not), the same total that
-torchinfo reports as "Total params"; the tests cross-check the two. The limit is strict, as in the
-assignment's "fewer than 20,000 parameters": a model with exactly `limit` parameters is over budget.
+`count_parameters` is the one count of the project: every parameter tensor once, trainable or not, as
+the assignment counts and as torchinfo reports "Total params" (the tests cross-check the two). The limit
+is strict, as in the assignment's "fewer than 20,000 parameters": exactly `limit` is over budget.
 """
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch import nn
-
-from mnist_lesson.receptive_field import layer_table
 
 ADVICE = (
     "To shrink it: squeeze channels with 1x1 transition convs before the expensive 3x3 convs, use fewer "
@@ -40,6 +38,11 @@ def _check_model(model: object) -> nn.Module:
     return model
 
 
+def count_parameters(model: nn.Module) -> int:
+    """Return the number of parameters of `model`: every tensor once, trainable or not (notebook 01)."""
+    return sum(p.numel() for p in _check_model(model).parameters())
+
+
 def _blocks(module: nn.Module, prefix: str, levels_left: int) -> Iterator[tuple[str, nn.Module, bool]]:
     """Yield (name, module, recurse) for every block; recurse=False marks a container's own parameters."""
     children = list(module.named_children())
@@ -58,7 +61,7 @@ def block_params(model: nn.Module, depth: int = 1) -> list[BlockParams]:
     _check_model(model)
     if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
         raise ValueError(f"depth must be an int >= 1, got {depth!r}")
-    total = sum(p.numel() for p in model.parameters())
+    total = count_parameters(model)
     seen: set[int] = set()
     blocks = []
     for name, module, recurse in _blocks(model, "", depth):
@@ -88,7 +91,7 @@ def parameter_report(model: nn.Module, limit: int | None = None) -> str:
     if limit is not None:
         _check_limit(limit)
     blocks = block_params(model)
-    total = sum(p.numel() for p in model.parameters())
+    total = count_parameters(model)
     cells = [("block", "params", "%")]
     cells += [(b.name, f"{b.params:,}", f"{b.percent:.1f}%") for b in blocks]
     cells.append(("total", f"{total:,}", "100.0%" if total else "0.0%"))
@@ -101,9 +104,8 @@ def parameter_report(model: nn.Module, limit: int | None = None) -> str:
 
 def check_budget(model: nn.Module, limit: int) -> int:
     """Return the model's parameter count; raise BudgetError unless it is strictly below `limit`."""
-    _check_model(model)
     _check_limit(limit)
-    total = sum(p.numel() for p in model.parameters())
+    total = count_parameters(model)
     if total < limit:
         return total
     heaviest = sorted(block_params(model), key=lambda b: b.params, reverse=True)[:3]
@@ -112,12 +114,6 @@ def check_budget(model: nn.Module, limit: int) -> int:
         f"{type(model).__name__} has {total:,} parameters; the budget is fewer than {limit:,} "
         f"(over by {total - limit + 1:,}). Heaviest blocks: {listed}. {ADVICE}"
     )
-
-
-def summary_text(model: nn.Module, input_size: tuple[int, int, int] = (1, 28, 28),
-                 limit: int | None = None) -> str:
-    """Return the layer table and the parameter report as one text (`python -m mnist_lesson summary`)."""
-    return f"{layer_table(model, input_size).to_text()}\n\n{parameter_report(model, limit)}"
 
 
 def params_by_kind(model: nn.Module) -> dict[str, int]:

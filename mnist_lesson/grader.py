@@ -30,7 +30,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 from mnist_lesson import checks
-from mnist_lesson.train import SMOKE_ENV
+from mnist_lesson.config import SMOKE_ENV
 
 COLUMNS = ["student", "exercise", "points", "max_points", "message"]
 TOTAL = "TOTAL"

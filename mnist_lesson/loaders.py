@@ -2,8 +2,9 @@
 
 The fast path keeps the whole split as one uint8 tensor on the training device, draws shuffled
 mini-batches by indexing it, augments a whole batch at once (affine_grid + grid_sample) and
-normalizes on the fly. Both paths give the same normalized tensors (tests/test_loaders.py).
-Introduced in notebook 00.
+normalizes on the fly. Both paths give the same normalized tensors (tests/test_loaders.py) and the
+same sets: the training images, optionally without the last 10,000 (the validation split, on which
+design choices are judged), and the test set. Introduced in notebook 00.
 """
 
 from __future__ import annotations
@@ -11,15 +12,16 @@ from __future__ import annotations
 import math
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from mnist_lesson.config import VALIDATION_IMAGES, Augment
 from mnist_lesson.data import DataError, ensure_mnist
 
 # Pixel statistics of the 60,000 training images (as fractions of 255); notebook 00 computes them.
@@ -62,6 +64,25 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     return images.unsqueeze(1).float().div(255)
 
 
+def split_validation(images: torch.Tensor, labels: torch.Tensor) -> tuple[Batch, Batch]:
+    """Return ((train images, labels), (validation images, labels)): the last VALIDATION_IMAGES are held out."""
+    if len(images) <= VALIDATION_IMAGES:
+        raise ValueError(f"need more than {VALIDATION_IMAGES:,} images to hold out a validation split, "
+                         f"got {len(images):,}")
+    cut = len(images) - VALIDATION_IMAGES
+    return (images[:cut], labels[:cut]), (images[cut:], labels[cut:])
+
+
+def random_draws(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Return [n, 3] uniform draws in [-1, 1) on the CPU: per image, an angle and two shifts before scaling."""
+    return torch.rand(n, 3, generator=generator).mul_(2).sub_(1)
+
+
+def augment_batch(images: torch.Tensor, augment: Augment, draws: torch.Tensor) -> torch.Tensor:
+    """Return [N, 1, H, W] images rotated and shifted as `augment` allows, scaled from `random_draws` [N, 3]."""
+    return affine_batch(images, draws[:, 0] * augment.rotation, draws[:, 1:] * augment.shift)
+
+
 def affine_batch(images: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Return [N, 1, H, W] images rotated by `degrees` [N] and shifted by `shifts` [N, 2] (fractions of the side)."""
     angle = torch.deg2rad(degrees.to(images.dtype))
@@ -74,106 +95,106 @@ def affine_batch(images: torch.Tensor, degrees: torch.Tensor, shifts: torch.Tens
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def random_draws(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Return [n, 3] uniform draws in [-1, 1) on the CPU: per image, an angle and two shifts before scaling."""
-    return torch.rand(n, 3, generator=generator).mul_(2).sub_(1)
-
-
-def random_affine(images: torch.Tensor, degrees: float, translate: float,
-                  generator: torch.Generator | None = None) -> torch.Tensor:
-    """Return [N, 1, H, W] images each rotated by up to +-degrees and shifted by up to translate * side."""
-    # Drawn on the CPU (reproducible with one generator) and moved to the device in one copy.
-    draws = random_draws(len(images), generator).to(images.device, non_blocking=True)
-    return affine_batch(images, draws[:, 0] * degrees, draws[:, 1:] * translate)
-
-
 class InMemoryLoader:
     """Mini-batches of one MNIST split held on the device: shuffled, optionally augmented, normalized."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
-                 rotate_degrees: float = 0.0, translate: float = 0.0, device: str | torch.device = "cpu",
-                 seed: int = 0) -> None:
+                 augment: Augment = Augment(), device: str | torch.device = "cpu", seed: int = 0) -> None:
         if images.dtype != torch.uint8 or images.ndim != 3 or labels.shape != images.shape[:1] \
                 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"expected uint8 images [N, H, W] and integer labels [N], got {images.dtype} "
                              f"{tuple(images.shape)} and {labels.dtype} {tuple(labels.shape)}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.rotate_degrees = rotate_degrees
-        self.translate = translate
+        self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
 
-    @property
-    def num_examples(self) -> int:
-        """Number of images in the split."""
-        return len(self.labels)
-
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         order = order.to(self.images.device)
-        augment = self.rotate_degrees > 0 or self.translate > 0
-        if augment:
-            # The whole epoch's angles and shifts in one draw and one copy to the device: a copy per batch
+        if self.augment.active:
+            # The whole epoch's random numbers in one draw and one copy to the device: a copy per batch
             # would make the host wait for the GPU every step. Same numbers as drawing batch by batch.
             draws = random_draws(n, self.generator).to(self.images.device, non_blocking=True)
         for start in range(0, n, self.batch_size):
             index = order[start : start + self.batch_size]
             x = to_unit_float(self.images[index])
-            if augment:
-                batch = draws[start : start + self.batch_size]
-                x = affine_batch(x, batch[:, 0] * self.rotate_degrees, batch[:, 1:] * self.translate)
+            if self.augment.active:
+                x = augment_batch(x, self.augment, draws[start : start + self.batch_size])
             yield normalize(x), self.labels[index]
 
 
-def in_memory_loaders(batch_size: int, *, eval_batch_size: int = 1000, rotate_degrees: float = 0.0,
-                      translate: float = 0.0, device: str | torch.device = "cpu", seed: int = 0,
-                      root: str | os.PathLike[str] | None = None) -> tuple[InMemoryLoader, InMemoryLoader]:
-    """Return (train, test) in-memory loaders; only the training one shuffles and augments."""
-    train = InMemoryLoader(*load_split(True, root), batch_size, shuffle=True, rotate_degrees=rotate_degrees,
-                           translate=translate, device=device, seed=seed)
-    test = InMemoryLoader(*load_split(False, root), eval_batch_size, device=device)
-    return train, test
+EvalSets = dict[str, Iterable[Batch]]
 
 
-def seed_transform(rotate_degrees: float = 0.0, translate: float = 0.0) -> transforms.Compose:
-    """Return the per-image torchvision transform: optional RandomAffine, ToTensor, Normalize."""
+def in_memory_loaders(batch_size: int, augment: Augment = Augment(), *, validation: bool = False,
+                      eval_batch_size: int = 1000, device: str | torch.device = "cpu", seed: int = 0,
+                      root: str | os.PathLike[str] | None = None) -> tuple[InMemoryLoader, EvalSets]:
+    """Return the training loader and the sets to evaluate on, all held on `device`.
+
+    With `validation`, training leaves out the last 10,000 training images and the sets are "val" (those
+    images), "test" and "train_eval" (the first 10,000 training images, seen without augmentation in eval
+    mode); without it, training uses all 60,000 and the only set is "test". Only training shuffles and augments.
+    """
+    images, labels = load_split(True, root)
+    eval_sets: EvalSets = {}
+    if validation:
+        (images, labels), held_out = split_validation(images, labels)
+        eval_sets["val"] = InMemoryLoader(*held_out, eval_batch_size, device=device)
+    train = InMemoryLoader(images, labels, batch_size, shuffle=True, augment=augment, device=device, seed=seed)
+    eval_sets["test"] = InMemoryLoader(*load_split(False, root), eval_batch_size, device=device)
+    if validation:
+        eval_sets["train_eval"] = InMemoryLoader(images[:VALIDATION_IMAGES], labels[:VALIDATION_IMAGES],
+                                                 eval_batch_size, device=device)
+    return train, eval_sets
+
+
+def torchvision_transform(augment: Augment = Augment()) -> transforms.Compose:
+    """Return the per-image torchvision transform: RandomAffine when `augment` is on, ToTensor, Normalize."""
     steps: list[object] = []
-    if rotate_degrees > 0 or translate > 0:
+    if augment.active:
         # Bilinear like the in-memory path; torchvision still rounds its shifts to whole pixels.
-        steps.append(transforms.RandomAffine(rotate_degrees, translate=(translate, translate),
+        steps.append(transforms.RandomAffine(augment.rotation, translate=(augment.shift, augment.shift),
                                              interpolation=transforms.InterpolationMode.BILINEAR))
     steps += [transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]
     return transforms.Compose(steps)
 
 
-def torchvision_datasets(root: str | os.PathLike[str] | None = None, rotate_degrees: float = 0.0,
-                         translate: float = 0.0) -> tuple[datasets.MNIST, datasets.MNIST]:
+def torchvision_datasets(root: str | os.PathLike[str] | None = None,
+                         augment: Augment = Augment()) -> tuple[datasets.MNIST, datasets.MNIST]:
     """Return torchvision's (train, test) MNIST Datasets over the verified files under the data root."""
     base = ensure_mnist(root, log=lambda message: print(message, flush=True)).root
-    train = datasets.MNIST(base, train=True, transform=seed_transform(rotate_degrees, translate))
-    test = datasets.MNIST(base, train=False, transform=seed_transform())
+    train = datasets.MNIST(base, train=True, transform=torchvision_transform(augment))
+    test = datasets.MNIST(base, train=False, transform=torchvision_transform())
     return train, test
 
 
-def dataloaders(batch_size: int, *, eval_batch_size: int = 1000, rotate_degrees: float = 0.0,
-                translate: float = 0.0, num_workers: int | None = None, device: str | torch.device = "cpu",
-                seed: int = 0, root: str | os.PathLike[str] | None = None) -> tuple[DataLoader, DataLoader]:
-    """Return (train, test) torchvision DataLoaders as the seed notebook built them."""
-    train_set, test_set = torchvision_datasets(root, rotate_degrees, translate)
+def dataloaders(batch_size: int, augment: Augment = Augment(), *, validation: bool = False,
+                eval_batch_size: int = 1000, num_workers: int | None = None, device: str | torch.device = "cpu",
+                seed: int = 0, root: str | os.PathLike[str] | None = None) -> tuple[DataLoader, EvalSets]:
+    """Return torchvision DataLoaders as the assignment built them, with the sets of `in_memory_loaders`."""
+    train_set, test_set = torchvision_datasets(root, augment)
     if num_workers is None:
         num_workers = min(2, os.cpu_count() or 1)  # Colab has 2 CPUs and warns above that
     pin = torch.device(device).type == "cuda"
     common = dict(num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0)
+    eval_sets: dict[str, DataLoader] = {}
+    if validation:
+        plain = datasets.MNIST(train_set.root, train=True, transform=torchvision_transform())
+        cut = len(train_set) - VALIDATION_IMAGES
+        eval_sets["val"] = DataLoader(Subset(plain, range(cut, len(plain))), eval_batch_size, **common)
+        train_set = Subset(train_set, range(cut))
     generator = torch.Generator().manual_seed(seed)
     train = DataLoader(train_set, batch_size=batch_size, shuffle=True, generator=generator, **common)
-    test = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False, **common)
-    return train, test
-
+    eval_sets["test"] = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False, **common)
+    if validation:
+        eval_sets["train_eval"] = DataLoader(Subset(plain, range(VALIDATION_IMAGES)), eval_batch_size, **common)
+    return train, eval_sets

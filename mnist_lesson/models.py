@@ -11,7 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mnist_lesson.config import Recipe
+from mnist_lesson.config import Augment, Recipe, UsageError
 
 MODELS: dict[str, Callable[[], nn.Module]] = {}
 RECIPES: dict[str, Recipe] = {}
@@ -23,6 +23,8 @@ def register(name: str, recipe: Recipe) -> Callable[[Callable[[], nn.Module]], C
     def decorator(constructor: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         if name in MODELS:
             raise ValueError(f"a model named {name!r} is already registered")
+        if constructor.__name__ != f"{name}_net":  # so a constructor never shadows an argument called like the model
+            raise ValueError(f"name the constructor of {name!r} {name}_net, not {constructor.__name__}")
         MODELS[name] = constructor
         RECIPES[name] = recipe
         return constructor
@@ -30,8 +32,8 @@ def register(name: str, recipe: Recipe) -> Callable[[Callable[[], nn.Module]], C
     return decorator
 
 
-def _unknown(name: str) -> KeyError:
-    return KeyError(f"no model named {name!r}; registered models: {', '.join(sorted(MODELS))}")
+def _unknown(name: str) -> UsageError:
+    return UsageError(f"no model named {name!r}; registered models: {', '.join(MODELS)}")
 
 
 def get_model(name: str) -> nn.Module:
@@ -48,16 +50,13 @@ def get_recipe(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Return the number of trainable parameters of `model`."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def conv_block(in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 0,
                dropout: float = 0.0, batch_norm: bool = True) -> nn.Sequential:
-    """Return conv -> ReLU -> BatchNorm -> Dropout2d (the seed's block); BN and dropout can be left out."""
+    """Return conv -> ReLU -> BatchNorm -> Dropout2d (the assignment's block); BN and dropout can be left out."""
     layers: list[nn.Module] = [
-        # With BN after it, a conv bias is redundant; without BN the conv keeps its bias.
+        # The assignment drops the conv bias when BN is on. In this order the bias still shifts what the ReLU
+        # cuts, so it is not strictly redundant (it would be if BN came straight after the conv); without BN
+        # the conv keeps its bias.
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=not batch_norm),
         nn.ReLU(),
     ]
@@ -68,7 +67,7 @@ def conv_block(in_channels: int, out_channels: int, kernel_size: int = 3, paddin
     return nn.Sequential(*layers)
 
 
-def transition(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
+def transition_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
     """Return a 1x1 conv -> ReLU that squeezes channels, optionally followed by a 2x2 max-pool."""
     layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.ReLU()]
     if pool:
@@ -76,11 +75,12 @@ def transition(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential
     return nn.Sequential(*layers)
 
 
-SEED_RECIPE = Recipe(epochs=19, batch_size=128, lr=0.01, momentum=0.9, data="dataloader")
+# The assignment trained through torchvision's DataLoader: `--data dataloader` repeats that exactly.
+ASSIGNMENT_RECIPE = Recipe(epochs=19, batch_size=128, lr=0.01, momentum=0.9)
 
 
-class SeedNet(nn.Module):
-    """The assignment's original model: 13,816 parameters, RF 1x1 transitions, BN, Dropout2d, GAP."""
+class AssignmentNet(nn.Module):
+    """The assignment's original model: 13,816 parameters, 1x1 transitions, BN, Dropout2d, GAP."""
 
     def __init__(self, dropout: float = 0.1) -> None:
         super().__init__()
@@ -89,12 +89,12 @@ class SeedNet(nn.Module):
             conv_block(8, 16, padding=1, dropout=dropout),  # 28x28
             conv_block(16, 24, dropout=dropout),  # 26x26
         )
-        self.trans1 = transition(24, 8, pool=True)  # 13x13
+        self.trans1 = transition_block(24, 8, pool=True)  # 13x13
         self.conv2 = nn.Sequential(
             conv_block(8, 16, dropout=dropout),  # 11x11
             conv_block(16, 24, dropout=dropout),  # 9x9
         )
-        self.trans2 = transition(24, 8, pool=False)  # 9x9
+        self.trans2 = transition_block(24, 8, pool=False)  # 9x9
         self.conv3 = nn.Sequential(
             conv_block(8, 16, dropout=dropout),  # 7x7
             conv_block(16, 16, dropout=dropout),  # 5x5
@@ -111,10 +111,10 @@ class SeedNet(nn.Module):
         return torch.log_softmax(x.flatten(1), dim=1)
 
 
-@register("seed", SEED_RECIPE)
-def seed() -> nn.Module:
-    """Return the seed model (13,816 parameters); introduced in the foundation, studied in notebook 02."""
-    return SeedNet()
+@register("assignment", ASSIGNMENT_RECIPE)
+def assignment_net() -> nn.Module:
+    """Return the assignment's model (13,816 parameters), the course's starting point."""
+    return AssignmentNet()
 
 
 # --- the notebook series: one model per step --------------------------------------------------------
@@ -122,7 +122,7 @@ def seed() -> nn.Module:
 FIRST_RECIPE = Recipe(epochs=1, batch_size=128, lr=0.01, momentum=0.9)
 STEP_RECIPE = Recipe(epochs=8, batch_size=128, lr=0.01, momentum=0.9)
 FINAL_RECIPE = Recipe(epochs=15, batch_size=64, lr=0.1, momentum=0.9, nesterov=True, schedule="onecycle",
-                      rotate_degrees=7.0, translate=0.1)
+                      augment=Augment(rotation=7.0, shift=0.1))
 
 
 class FirstNet(nn.Module):
@@ -165,9 +165,10 @@ class StepNet(nn.Module):
         squeezed = 8 if squeeze else 32
         # Comments: output side, receptive field (RF) in input pixels.
         self.block1 = nn.Sequential(block(1, 8, padding=1), block(8, 16), block(16, 32))  # 24, RF 7
-        self.trans1 = nn.Sequential(*([transition(32, 8, pool=False)] if squeeze else []), nn.MaxPool2d(2))  # 12, RF 8
+        squeeze1 = [transition_block(32, 8, pool=False)] if squeeze else []
+        self.trans1 = nn.Sequential(*squeeze1, nn.MaxPool2d(2))  # 12, RF 8
         self.block2 = nn.Sequential(block(squeezed, 16), block(16, 32))  # 8, RF 16
-        self.trans2 = transition(32, 8, pool=False) if squeeze else nn.Identity()
+        self.trans2 = transition_block(32, 8, pool=False) if squeeze else nn.Identity()
         self.block3 = nn.Sequential(block(squeezed, 16), block(16, width))  # 4, RF 24
         if not gap:
             self.head = nn.Conv2d(width, 10, 4)  # 1, RF 30: one big kernel over the whole 4x4 map
@@ -183,43 +184,43 @@ class StepNet(nn.Module):
 
 
 @register("first", FIRST_RECIPE)
-def first() -> nn.Module:
+def first_net() -> nn.Module:
     """Return the large first network of notebook 01 (1.2M parameters)."""
     return FirstNet()
 
 
 @register("skeleton", STEP_RECIPE)
-def skeleton() -> nn.Module:
+def skeleton_net() -> nn.Module:
     """Return the receptive-field skeleton of notebook 02: 3x3 convs, one max-pool, a 4x4 last conv."""
     return StepNet()
 
 
 @register("transitions", STEP_RECIPE)
-def transitions() -> nn.Module:
+def transitions_net() -> nn.Module:
     """Return notebook 03's model: the skeleton with 1x1 transitions that squeeze 32 channels to 8."""
     return StepNet(squeeze=True)
 
 
 @register("batchnorm", STEP_RECIPE)
-def batchnorm() -> nn.Module:
+def batchnorm_net() -> nn.Module:
     """Return notebook 04's model: transitions plus BatchNorm after every 3x3 conv."""
     return StepNet(squeeze=True, batch_norm=True)
 
 
 @register("dropout", STEP_RECIPE)
-def dropout() -> nn.Module:
+def dropout_net() -> nn.Module:
     """Return notebook 05's model: batchnorm plus Dropout2d(0.1) after every 3x3 conv."""
     return StepNet(squeeze=True, batch_norm=True, dropout=0.1)
 
 
 @register("gap", STEP_RECIPE)
-def gap() -> nn.Module:
+def gap_net() -> nn.Module:
     """Return notebook 06's model: dropout with global average pooling in place of the 4x4 last conv."""
     return StepNet(squeeze=True, batch_norm=True, dropout=0.1, gap=True)
 
 
 @register("final", FINAL_RECIPE)
-def final() -> nn.Module:
+def final_net() -> nn.Module:
     """Return notebook 07's final model: gap with 24 pooled features and a 32-wide 1x1 layer after the pool."""
     return StepNet(squeeze=True, batch_norm=True, dropout=0.05, gap=True, head_width=32, width=24)
 
@@ -259,7 +260,7 @@ class LadderNet(nn.Module):
             channels = width
         layers.append(nn.MaxPool2d(2))
         if squeeze:
-            layers.append(transition(channels, squeeze, pool=False))
+            layers.append(transition_block(channels, squeeze, pool=False))
             channels = squeeze
         for width in block2:
             layers.append(separable_block(channels, width) if separable else conv_block(channels, width))
@@ -300,19 +301,19 @@ LADDER_RECIPE = FINAL_RECIPE.with_overrides(batch_size=32)
 
 
 @register("under8k", LADDER_RECIPE)
-def under8k() -> nn.Module:
+def under8k_net() -> nn.Module:
     """Return the ladder's first rung (6,920 parameters): depthwise-separable convolutions after the first."""
     return LadderNet((8, 16, 32), 0, (32, 40, 48), separable=True, separable_block1=True)
 
 
 @register("under5k", LADDER_RECIPE)
-def under5k() -> nn.Module:
+def under5k_net() -> nn.Module:
     """Return the ladder's second rung (4,832 parameters): depthwise-separable convolutions after the first."""
     return LadderNet((8, 16, 24), 0, (24, 32, 40), separable=True, separable_block1=True)
 
 
 @register("under3762", LADDER_RECIPE)
-def under3762() -> nn.Module:
+def under3762_net() -> nn.Module:
     """Return the ladder's stretch rung (3,736 parameters): under5k with narrower early and middle layers."""
     return LadderNet((8, 12, 18), 0, (18, 28, 40), separable=True, separable_block1=True)
 

@@ -16,9 +16,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from mnist_lesson.config import BUDGET, TARGET
 from mnist_lesson.receptive_field import LayerTable
-from mnist_lesson.results import TARGET, RunSummary, SeedsSummary
+from mnist_lesson.results import RunSummary, SeedsSummary
 from mnist_lesson.train import History
+
+Anchor = tuple[str, int, float, str]  # (label, parameters, test accuracy, where it is published)
 
 
 def plot_history(histories: History | Mapping[str, History], title: str = "") -> Figure:
@@ -98,19 +101,18 @@ def plot_generalization_gap(histories: Mapping[str, History]) -> Figure:
     return fig
 
 
-def _draw_anchors(ax: Axes, anchors: Sequence[tuple[str, int, float]]) -> None:
-    """Draw (label, params, accuracy) results from elsewhere as grey markers, and the target as a red line."""
+def _draw_anchors(ax: Axes, anchors: Sequence[Anchor]) -> None:
+    """Draw results from elsewhere (results.PUBLIC_ANCHORS) as grey markers, and the target as a red line."""
     markers = "xP*D^v"
-    for (label, params, accuracy), marker in zip(anchors, markers, strict=False):
+    for (label, params, accuracy, _), marker in zip(anchors, markers, strict=False):
         ax.scatter(params, accuracy, marker=marker, color="grey", label=f"{label}: {params:,}, best epoch")
     ax.axhline(TARGET, color="tab:red", linewidth=1, label=f"{TARGET:.1f}% target")
 
 
-def plot_params_vs_accuracy(summaries: Sequence[RunSummary],
-                            anchors: Sequence[tuple[str, int, float]] = ()) -> Figure:
+def plot_params_vs_accuracy(summaries: Sequence[RunSummary], anchors: Sequence[Anchor] = ()) -> Figure:
     """Return a log-x scatter of parameters against the lowest of the last epochs' test accuracy (notebook 07).
 
-    `anchors` are (label, params, accuracy) points from elsewhere, drawn as grey crosses.
+    `anchors` are results from elsewhere (results.PUBLIC_ANCHORS), drawn as grey markers.
     """
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, summary in enumerate(summaries):
@@ -119,7 +121,7 @@ def plot_params_vs_accuracy(summaries: Sequence[RunSummary],
         ax.annotate(summary.model, (summary.params, summary.last_min), textcoords="offset points",
                     xytext=(6, 6 if i % 2 else -12), fontsize="small")
     _draw_anchors(ax, anchors)
-    ax.axvline(20_000, color="tab:orange", linewidth=1, linestyle="--", label="20,000 parameters")
+    ax.axvline(BUDGET, color="tab:orange", linewidth=1, linestyle="--", label=f"{BUDGET:,} parameters")
     ax.set(xscale="log", xlabel="parameters", ylabel="lowest test accuracy of the last 3 epochs (%)",
            title="accuracy against size")
     ax.grid(alpha=0.3, which="both")
@@ -129,12 +131,12 @@ def plot_params_vs_accuracy(summaries: Sequence[RunSummary],
     return fig
 
 
-def plot_ladder(rungs: Sequence[SeedsSummary], anchors: Sequence[tuple[str, int, float]] = ()) -> Figure:
+def plot_ladder(rungs: Sequence[SeedsSummary], anchors: Sequence[Anchor] = ()) -> Figure:
     """Return a log-x plot of multi-seed results against parameters, with public anchors (notebook 08).
 
     Each rung is a vertical bar from its worst to its best seed (each seed's figure is the lowest of its
-    last epochs) with a dot at the worst seed, the figure a claim rests on; `anchors` are (label, params,
-    accuracy) best-epoch results from elsewhere, drawn as grey markers.
+    last epochs) with a dot at the worst seed, the figure a claim rests on; `anchors` are best-epoch results
+    from elsewhere (results.PUBLIC_ANCHORS), drawn as grey markers.
     """
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, rung in enumerate(rungs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from matplotlib.figure import Figure
 from torch import nn
 
-from mnist_lesson.models import get_model
+from mnist_lesson.models import MODELS, get_model
 from mnist_lesson.plots import plot_receptive_field
 from mnist_lesson.receptive_field import (
     LayerRow,
@@ -23,7 +24,8 @@ from mnist_lesson.receptive_field import (
     layer_table,
 )
 
-# The seed model, worked out by hand with rf += (k - 1) * jump, jump *= stride, on a 28x28 input:
+# The assignment's original model ("seed" before it was renamed "assignment"; either name is accepted while
+# the rename lands). Worked out by hand with rf += (k - 1) * jump, jump *= stride, on a 28x28 input:
 #   conv1.0.0 3x3 pad 1: 28 -> 28, rf 1 + 2*1 = 3
 #   conv1.1.0 3x3 pad 1: 28 -> 28, rf 3 + 2*1 = 5
 #   conv1.2.0 3x3 pad 0: 28 -> 26, rf 5 + 2*1 = 7
@@ -53,9 +55,12 @@ SEED_HAND = {  # name: (output channels, output side, rf, jump)
 }
 
 
+SEED = next((name for name in ("assignment", "seed") if name in MODELS), "assignment")
+
+
 @pytest.fixture(scope="module")
 def seed_table() -> LayerTable:
-    return layer_table(get_model("seed"))
+    return layer_table(get_model(SEED))
 
 
 def test_seed_matches_hand_computation(seed_table: LayerTable) -> None:
@@ -82,7 +87,7 @@ def test_seed_text_ends_with_verdict_and_is_deterministic(seed_table: LayerTable
     text = seed_table.to_text()
     assert text.splitlines()[-1] == "Final receptive field 32x32 covers the 28x28 input"
     assert str(seed_table) == text
-    assert layer_table(get_model("seed")).to_text() == text  # a fresh instance prints the same
+    assert layer_table(get_model(SEED)).to_text() == text  # a fresh instance prints the same
     assert re.search(r"0x[0-9a-fA-F]{6,}", text) is None  # no memory addresses
     marked = [line for line in text.splitlines() if "<- RF reaches 28x28" in line]
     assert len(marked) == 1 and " gap " in marked[0]
@@ -109,7 +114,7 @@ def test_html_highlights_first_full_row_only(seed_table: LayerTable) -> None:
     highlighted = [tr for tr in page.split("<tr") if "background-color" in tr]
     assert len(highlighted) == 1 and "<td>gap</td>" in highlighted[0]
     assert "Final receptive field 32x32 covers the 28x28 input" in page
-    assert page == layer_table(get_model("seed"))._repr_html_()
+    assert page == layer_table(get_model(SEED))._repr_html_()
 
 
 def _rows(model: nn.Module, side: int) -> list[LayerRow]:
@@ -239,7 +244,7 @@ def _torchscan_rows(model: nn.Module, input_size: tuple[int, int, int]) -> dict[
 
 
 def test_seed_agrees_with_torchscan(seed_table: LayerTable) -> None:
-    expected = _torchscan_rows(get_model("seed"), (1, 28, 28))
+    expected = _torchscan_rows(get_model(SEED), (1, 28, 28))
     assert {row.name: (row.rf, row.jump, row.start) for row in seed_table.rows} == expected
 
 
@@ -380,7 +385,7 @@ def test_bad_arguments() -> None:
 
 
 def test_mixed_modes_are_restored() -> None:
-    model = get_model("seed")
+    model = get_model(SEED)
     model.train()
     model.conv2.eval()
     before = [m.training for m in model.modules()]
@@ -401,3 +406,357 @@ def test_plot_receptive_field(seed_table: LayerTable) -> None:
     given_fig = Figure()
     given_ax = given_fig.add_subplot()
     assert plot_receptive_field(seed_table, ax=given_ax) is given_fig
+
+
+# --- Data flow the table cannot follow is refused, never reported wrong. --------------------------------
+# For each refused model the gradient oracle below measures the true field, and a Sequential of the same leaf
+# modules shows what the table said before it followed the data flow: it chained every leaf it saw run.
+
+def _positive(model: nn.Module) -> nn.Module:
+    """Return the model in float64 eval mode with positive weights and zero biases, so gradients cannot cancel."""
+    generator = torch.Generator().manual_seed(0)
+    model = model.double().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            else:
+                p.uniform_(0.5, 1.5, generator=generator)
+    return model
+
+
+def _footprint(model: nn.Module, side: int, channels: int = 1) -> tuple[int, int, int]:
+    """Return (side, first, last) of the input square the centre output unit's gradient reaches (all channels).
+
+    For a flat output the unit is the first feature. Both axes must agree, since every model here is square.
+    """
+    model = _positive(model)
+    x = torch.ones(1, channels, side, side, dtype=torch.float64, requires_grad=True)
+    out = model(x)
+    if out.dim() == 4:
+        centre = (out.shape[-1] - 1) // 2
+        out[0, :, centre, centre].sum().backward()
+    else:
+        out[0, 0].backward()
+    hit = x.grad[0].abs().sum(dim=0).nonzero()
+    low, high = hit.min(dim=0).values.tolist(), hit.max(dim=0).values.tolist()
+    assert low[0] == low[1] and high[0] == high[1], (low, high)
+    return high[0] - low[0] + 1, low[0], high[0]
+
+
+class SumBranches(nn.Module):
+    """A 3x3 and a 5x5 branch added: the true field is 5, a chain of both would be 7."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b3 = nn.Conv2d(1, 1, 3, padding=1)
+        self.b5 = nn.Conv2d(1, 1, 5, padding=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.b3(x) + self.b5(x)
+
+    def chain(self) -> nn.Module:
+        return nn.Sequential(self.b3, self.b5)
+
+
+class CatBranches(SumBranches):
+    """The same branches concatenated: field 5, and 2 output channels where a chain of both gives 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.b3(x), self.b5(x)], 1)
+
+
+class Residual(nn.Module):
+    """x + conv(x): its largest field equals the conv's, yet the table cannot know that without following it."""
+
+    def __init__(self, inplace: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+        self.inplace = inplace
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inplace:
+            y = self.conv(x)
+            y += x
+            return y
+        return x + self.conv(x)
+
+    def chain(self) -> nn.Module:
+        return nn.Sequential(self.conv)
+
+
+class EightBranches(nn.Module):
+    """Eight parallel 3x3 convs summed: field 3, which a chain of eight would call 17."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(nn.Conv2d(1, 1, 3, padding=1) for _ in range(8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(branch(x) for branch in self.branches)  # type: ignore[return-value]
+
+    def chain(self) -> nn.Module:
+        return nn.Sequential(*self.branches)
+
+
+class SharedTwice(nn.Module):
+    """One conv applied twice to the same tensor and summed: two branches (field 3), not conv(conv(x)) (5)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.conv(x)
+
+    def chain(self) -> nn.Module:
+        return nn.Sequential(self.conv, self.conv)
+
+
+class SizeKeepingPool(nn.Module):
+    """conv, a functional 3x3 stride-1 pool that keeps 28x28, conv: field 7; the two convs alone give 5."""
+
+    def __init__(self, pool: str) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 1, 3, padding=1)
+        self.conv2 = nn.Conv2d(1, 1, 3, padding=1)
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = F.avg_pool2d if self.pool == "avg" else F.max_pool2d
+        return self.conv2(pool(self.conv1(x), 3, stride=1, padding=1))
+
+    def chain(self) -> nn.Module:
+        return nn.Sequential(self.conv1, self.conv2)
+
+
+ADVICE = r".*single chain of nn\.Module layers"
+REFUSED = [
+    # (model, message, the field a chain of its leaves gives, the true field or None where it is the same)
+    (SumBranches(), r"layer 'b5' \(Conv2d\) takes the model's input, but the layer that ran just before it was "
+                    r"'b3': the model has parallel branches", 7, 5),
+    (CatBranches(), r"layer 'b5' \(Conv2d\) takes the model's input, but .* 'b3'", 7, 5),
+    (Residual(), r"'add' combines the model's input and the output of 'conv'", 3, None),
+    (Residual(inplace=True), r"'add_' combines the model's input and the output of 'conv'", 3, None),
+    (EightBranches(), r"layer 'branches\.1' \(Conv2d\) takes the model's input, .* 'branches\.0'", 17, 3),
+    (SharedTwice(), r"layer 'conv \(call 2\)' \(Conv2d\) takes the model's input, .* was 'conv'", 5, 3),
+    (SizeKeepingPool("avg"), r"functional op between 'conv1' and 'conv2' \(avg_pool2d, called outside any "
+                             r"nn\.Module\).*use nn\.AvgPool2d instead of F\.avg_pool2d", 5, 7),
+    (SizeKeepingPool("max"), r"functional op between 'conv1' and 'conv2' \(max_pool2d.*nn\.MaxPool2d instead of "
+                             r"F\.max_pool2d", 5, 7),
+]
+
+
+@pytest.mark.parametrize(("model", "message", "chained", "true_rf"), REFUSED,
+                         ids=["sum", "cat", "residual", "residual-inplace", "eight", "shared-twice", "avg-pool",
+                              "max-pool"])
+def test_non_chain_models_are_refused(model: nn.Module, message: str, chained: int, true_rf: int | None) -> None:
+    model.train()
+    with pytest.raises(UnsupportedLayerError, match=message + ADVICE):
+        layer_table(model)
+    assert all(m.training for m in model.modules())
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    # What the table used to print: the leaves chained in the order they ran.
+    assert layer_table(model.chain()).final_rf == chained
+    if true_rf is not None:
+        # The oracle takes the average for the max-pool: a max routes the gradient to one pixel per window.
+        oracle = SizeKeepingPool("avg") if isinstance(model, SizeKeepingPool) else model
+        assert _footprint(oracle, 28)[0] == true_rf != chained
+
+
+def test_concatenation_would_also_have_reported_the_wrong_output_shape() -> None:
+    model = CatBranches()
+    with torch.no_grad():
+        out = model(torch.zeros(1, 1, 28, 28))
+    assert tuple(out.shape[1:]) == (2, 28, 28)
+    assert layer_table(model.chain()).rows[-1].out_shape == (1, 28, 28)  # what the last traced leaf gave
+
+
+def test_eight_branches_no_longer_earn_the_rf_exercise_point() -> None:
+    from mnist_lesson.checks import ex02
+
+    result = ex02.grade(EightBranches())
+    assert not result.passed and result.points == 0
+    assert "cannot read your model" in result.message and "'branches.1'" in result.message
+
+
+class Between(nn.Module):
+    """conv1, then a functional op given as `op`, then conv2 (dilated): with a harmless op, fields 3 and 7."""
+
+    def __init__(self, op: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 2, 3)
+        self.conv2 = nn.Conv2d(2, 2, 3, padding=2, dilation=2)
+        self.op = op
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(self.op(self.conv1(x)))
+
+
+HARMLESS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "F.relu": F.relu,
+    "F.relu-inplace": lambda x: F.relu(x, inplace=True),
+    "relu_": lambda x: x.relu_(),
+    "times-2.0": lambda x: x * 2.0,
+    "2-times": lambda x: 2 * x,
+    "plus-1-over-2": lambda x: (x + 1) / 2,
+    "sigmoid-tanh-gelu": lambda x: F.gelu(torch.tanh(torch.sigmoid(x))),
+    "swish": lambda x: x * torch.sigmoid(x),  # two tensors, both from conv1: still pointwise
+    "dropout2d-eval": lambda x: F.dropout2d(x, 0.1, training=False),
+    "flatten-and-back": lambda x: x.flatten(1).view(x.shape).contiguous().float().type_as(x),
+    "clamp-scale-param": lambda x: x.clamp(min=0) * torch.ones(1, 2, 1, 1, dtype=x.dtype),
+    "channel-log-softmax": lambda x: torch.log_softmax(x, dim=1).exp(),
+}
+
+
+@pytest.mark.parametrize("op", HARMLESS.values(), ids=HARMLESS.keys())
+def test_harmless_functional_ops_keep_the_table(op: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    model = Between(op)
+    table = layer_table(model, input_size=(1, 32, 32))
+    plain = layer_table(nn.Sequential(model.conv1, model.conv2), input_size=(1, 32, 32))
+    strip = [(row.out_shape, row.rf, row.jump, row.start) for row in plain.rows]
+    assert [row.name for row in table.rows] == ["conv1", "conv2"]
+    assert [(row.out_shape, row.rf, row.jump, row.start) for row in table.rows] == strip
+    rf, low, high = _footprint(model, 32)
+    assert rf == table.final_rf == 7
+    assert (low + high) / 2 == table.rows[-1].start + 14 * table.rows[-1].jump  # the centre of a 30x30 output
+
+
+class FlatHead(nn.Module):
+    """Stride-3 conv, in-place relu, 2x2 conv to a 1x1 map, x.flatten(1), Linear, log_softmax over dim 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, stride=3)
+        self.conv2 = nn.Conv2d(4, 6, 2)
+        self.fc = nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(self.conv1(x).relu_())
+        return torch.log_softmax(self.fc(F.relu(x).flatten(1)), dim=1)
+
+
+def test_flatten_linear_and_log_softmax_agree_with_the_oracle() -> None:
+    # 8x8 input: conv1 rf 3, jump 3, side 2; conv2 rf 3 + 1 * 3 = 6 on a 1x1 map; the Linear then adds nothing.
+    # The field covers pixels 0..5 of 8, so the oracle can tell it from the whole image.
+    table = layer_table(FlatHead(), input_size=(1, 8, 8))
+    assert [(row.name, row.out_shape, row.rf, row.start) for row in table.rows] == [
+        ("conv1", (4, 2, 2), 3, 1.0), ("conv2", (6, 1, 1), 6, 2.5), ("fc", (10,), 6, 2.5)]
+    assert _footprint(FlatHead(), 8) == (6, 0, 5)
+
+
+def test_flatten_then_linear_sees_the_whole_map() -> None:
+    # FunctionalFlatten: conv 3x3 on 28x28 gives 26x26; the Linear sees it all, 3 + 25 = 28, the whole image.
+    table = layer_table(FunctionalFlatten())
+    assert table.final_rf == 28 == _footprint(FunctionalFlatten(), 28)[0]
+
+
+@pytest.mark.parametrize(("op", "message"), [
+    (lambda x: F.conv2d(x, torch.ones(2, 2, 3, 3, dtype=x.dtype), padding=1), r"conv2d.*nn\.Conv2d instead of"),
+    (lambda x: F.pad(x, (1, 1, 1, 1)), r"pad.*nn\.ZeroPad2d"),
+    (lambda x: F.interpolate(x, scale_factor=2), r"interpolate.*is not one the table knows"),
+    (lambda x: x.transpose(2, 3), r"transpose"),
+    (lambda x: x[:, :, ::2, ::2], r"__getitem__"),
+    (lambda x: x - x.mean((2, 3), keepdim=True), r"mean.*nn\.AdaptiveAvgPool2d\(1\)"),
+    (lambda x: torch.cat([x, x], 1)[:, :2], r"cat"),  # one tensor twice: not a branch, but an unknown op
+    (lambda x: x * torch.ones(2, 1, 1, 1, dtype=x.dtype), r"mul, .* broadcasts the output of 'conv1' to"),
+    (lambda x: F.softmax(x, dim=-1), r"softmax, .* over dim=-1"),
+])
+def test_other_functional_ops_between_layers_are_refused(op: Callable[[torch.Tensor], torch.Tensor],
+                                                         message: str) -> None:
+    with pytest.raises(UnsupportedLayerError, match=r"functional op between 'conv1' and 'conv2' \(" + message):
+        layer_table(Between(op))
+
+
+class SoftmaxOverMap(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.conv(x).flatten(1), dim=1)
+
+
+def test_functional_softmax_over_a_flattened_map_is_refused() -> None:
+    # It mixes the whole 26x26 map, like a Linear would, but a functional op gets no row to show it.
+    with pytest.raises(UnsupportedLayerError, match=r"log_softmax over the flattened features of the 26x26 map "
+                                                    r"after 'conv'.*nn\.LogSoftmax\(dim=1\)"):
+        layer_table(SoftmaxOverMap())
+
+
+class TwoInputLeaf(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return a + b
+
+
+class MergedInLeaf(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 1, 3, padding=1)
+        self.conv2 = nn.Conv2d(1, 1, 3, padding=1)
+        self.merge = TwoInputLeaf()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        return self.merge(self.conv2(y), y)
+
+
+class SwallowsErrors(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 1, 3, padding=1)
+        self.conv2 = nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        try:
+            y = y + self.conv2(x)
+        except Exception:  # noqa: BLE001 - the point of the test
+            pass
+        return y
+
+
+class ReturnsEarlier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 1, 3, padding=1)
+        self.conv2 = nn.Conv2d(1, 1, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        self.conv2(y)
+        return y
+
+
+class IgnoresInput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.ones_like(x))
+
+
+@pytest.mark.parametrize(("model", "message"), [
+    (MergedInLeaf(), r"layer 'merge' \(TwoInputLeaf\) takes the output of 'conv1' and the output of 'conv2' at "
+                     r"once"),
+    (SwallowsErrors(), r"layer 'conv2' \(Conv2d\) takes the model's input"),
+    (ReturnsEarlier(), r"the model returns the output of 'conv1', but the last layer to run was 'conv2'"),
+    (IgnoresInput(), r"layer 'conv' \(Conv2d\) does not take a tensor computed from the model's input"),
+])
+def test_other_non_chain_flows_are_refused(model: nn.Module, message: str) -> None:
+    with pytest.raises(UnsupportedLayerError, match=message):
+        layer_table(model)
+
+
+def test_registered_models_are_chains_with_the_right_output_shape() -> None:
+    assert MODELS
+    for name, build in MODELS.items():
+        model = build()
+        table = layer_table(model)
+        assert table.rows and table.covers_input, name
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, 1, 28, 28))
+        last = table.rows[-1].out_shape
+        # The models end with a flatten (a reshape) at most: same number of values as the last row.
+        assert torch.Size(last).numel() == out[0].numel(), name
