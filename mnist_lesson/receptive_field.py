@@ -14,7 +14,7 @@ the first output unit's field, with input pixel centres at 0, 1, 2, ... (negativ
 padding). The table tracks one axis, so it needs square inputs and square kernels, strides and padding.
 
 Conventions this module adds, because the paper only covers sliding windows:
-- Layers that keep height and width (activations, normalisation, dropout, Identity) keep the RF.
+- Layers that keep height and width (activations, normalization, dropout, Identity) keep the RF.
   Normalisation statistics pool over the map, but like the paper we follow the weighted sums only.
 - Global or adaptive pooling is a window with kernel = stride = input side / output side.
 - Flatten only reshapes, so it keeps the RF; the Linear (or softmax) that then mixes all features sees
@@ -29,18 +29,21 @@ before it. During the pass a torch function mode watches every torch call made o
 modules (in the forward of containers and of the model) and follows which layer's output each tensor
 derives from. Between two layers, and after the last one, these functional ops are allowed:
 - reshapes: flatten, unflatten, view, reshape, squeeze, unsqueeze, contiguous; a reshape must leave
-  a (C, H, W) map with the same height and width, or flat features (checked at the next layer);
+  a (C, H, W) map with the same height and width, or flat features (checked at the next layer and
+  at a 2D or 4D model output);
 - conversions: to, type, float, double, half, detach, clone, .data;
 - queries that return no tensor: size, shape, dim, numel, item, printing;
-- elementwise ops on one layer's output: activations (F.relu, relu_, torch.sigmoid, tanh, F.gelu,
-  ...), dropout, arithmetic, comparisons and clamping with Python numbers or with constant tensors
-  (not computed from the input) that do not broadcast the map to a larger shape;
+- elementwise ops on one layer's output, in place or not: activations (F.relu, relu_, torch.sigmoid,
+  tanh, F.gelu, ...), dropout, arithmetic (`x * 2.0`, `x += 1`), comparisons and clamping, with Python
+  numbers, with constant tensors (not computed from the input), or with another tensor derived from
+  the same layer's output (`x * torch.sigmoid(x)`), as long as the result keeps the data's shape;
 - softmax, log_softmax and softmin over the channels of a (C, H, W) map, or over flat features once
   they come from a 1x1 map or a Linear (`torch.log_softmax(x.flatten(1), dim=1)` after a 1x1 head);
 - new constant tensors shaped like the data (zeros_like, new_zeros, ...).
 Everything else raises UnsupportedLayerError, naming the layers or the op:
 - a layer taking a tensor other than the previous layer's output (parallel branches, a skip
-  connection, a module called twice on the same tensor), or several such tensors at once;
+  connection, a module called twice on the same tensor), several such tensors at once, or no tensor
+  computed from the input at all;
 - an op combining tensors derived from two different layers: `a + b`, torch.cat, torch.stack, ...;
 - functional pooling, convolution, padding or resampling (F.avg_pool2d, F.max_pool2d, F.conv2d,
   F.pad, F.interpolate): use the module (nn.AvgPool2d, nn.MaxPool2d, ...) so the table gets a row;
@@ -62,10 +65,12 @@ from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.overrides import TorchFunctionMode
 
+from mnist_lesson.budget import count_parameters
+
 SUPPORTED = (
     "supports Conv2d, MaxPool2d, AvgPool2d, LPPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, 2D padding "
     "layers, Flatten, Linear after Flatten, and layers that keep height and width (activations, "
-    "normalisation, dropout, Identity)"
+    "normalization, dropout, Identity)"
 )
 _WINDOWS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
 _ADAPTIVE = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -251,7 +256,7 @@ def layer_table(model: nn.Module, input_size: tuple[int, int, int] = (1, 28, 28)
                 f"nn.Flatten and nn.{_SOFTMAX_MODULES[op]}(dim=1) so the table can count it. {_CHAIN_ADVICE}")
     if isinstance(trace.output, torch.Tensor) and trace.output.dim() in (2, 4):
         _check_continuity(geo, tuple(trace.output.shape[1:]), "the model's output")
-    total = sum(p.numel() for p in model.parameters())
+    total = count_parameters(model)
     return LayerTable(tuple(rows), size, total)
 
 

@@ -1,4 +1,4 @@
-"""Parameter budget: hand counts for the seed, torchinfo as a second count, the strict limit."""
+"""Parameter budget: hand counts for the assignment's model, torchinfo as a second count, the strict limit."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import torch
 import torchinfo
 from torch import nn
 
-from mnist_lesson.budget import BudgetError, block_params, check_budget, parameter_report, summary_text
+from mnist_lesson.budget import BudgetError, block_params, check_budget, count_parameters, parameter_report
 from mnist_lesson.models import get_model
-from mnist_lesson.receptive_field import layer_table
 
-# The seed's blocks by hand (3x3 conv without bias: in * out * 9; BatchNorm: 2 * channels):
+# The assignment's blocks by hand (3x3 conv without bias: in * out * 9; BatchNorm: 2 * channels):
 #   conv1  = (1*8*9 + 16) + (8*16*9 + 32) + (16*24*9 + 48) = 88 + 1184 + 3504 = 4776
 #   trans1 = 24*8 (1x1 conv)                                                    =  192
 #   conv2  = (8*16*9 + 32) + (16*24*9 + 48) = 1184 + 3504                       = 4688
@@ -20,33 +19,33 @@ from mnist_lesson.receptive_field import layer_table
 #   gap    = 0 (average pooling has no weights)
 #   head   = (16*16 + 32) + 16*10 = 288 + 160                                   =  448
 #   total  = 13,816; heaviest: conv1 (34.6%), conv2 (33.9%), conv3 (25.5%)
-SEED_BLOCKS = [("conv1", 4776), ("trans1", 192), ("conv2", 4688), ("trans2", 192), ("conv3", 3520),
+ASSIGNMENT_BLOCKS = [("conv1", 4776), ("trans1", 192), ("conv2", 4688), ("trans2", 192), ("conv3", 3520),
                ("gap", 0), ("head", 448)]
 
 
 @pytest.fixture(scope="module")
-def seed() -> nn.Module:
-    return get_model("seed")
+def assignment() -> nn.Module:
+    return get_model("assignment")
 
 
-def test_seed_total_matches_torchinfo(seed: nn.Module) -> None:
-    stats = torchinfo.summary(seed, input_size=(1, 1, 28, 28), verbose=0, depth=1)
-    assert check_budget(seed, 20_000) == 13_816 == stats.total_params
-    assert sum(p.numel() for p in seed.parameters()) == 13_816
+def test_assignment_total_matches_torchinfo(assignment: nn.Module) -> None:
+    stats = torchinfo.summary(assignment, input_size=(1, 1, 28, 28), verbose=0, depth=1)
+    assert check_budget(assignment, 20_000) == 13_816 == stats.total_params
+    assert count_parameters(assignment) == 13_816
 
 
-def test_seed_blocks_by_hand_and_torchinfo(seed: nn.Module) -> None:
-    blocks = block_params(seed)
-    assert [(b.name, b.params) for b in blocks] == SEED_BLOCKS
-    stats = torchinfo.summary(seed, input_size=(1, 1, 28, 28), verbose=0, depth=1)
+def test_assignment_blocks_by_hand_and_torchinfo(assignment: nn.Module) -> None:
+    blocks = block_params(assignment)
+    assert [(b.name, b.params) for b in blocks] == ASSIGNMENT_BLOCKS
+    stats = torchinfo.summary(assignment, input_size=(1, 1, 28, 28), verbose=0, depth=1)
     theirs = [(layer.var_name, layer.num_params) for layer in stats.summary_list if layer.depth == 1]
-    assert theirs == SEED_BLOCKS
+    assert theirs == ASSIGNMENT_BLOCKS
     assert sum(b.percent for b in blocks) == pytest.approx(100.0)
     assert [round(b.percent, 1) for b in blocks] == [34.6, 1.4, 33.9, 1.4, 25.5, 0.0, 3.2]
 
 
-def test_depth_two_splits_blocks(seed: nn.Module) -> None:
-    blocks = {b.name: b.params for b in block_params(seed, depth=2)}
+def test_depth_two_splits_blocks(assignment: nn.Module) -> None:
+    blocks = {b.name: b.params for b in block_params(assignment, depth=2)}
     assert (blocks["conv1.0"], blocks["conv1.1"], blocks["conv1.2"]) == (88, 1184, 3504)
     assert blocks["gap"] == 0  # a leaf at depth 1 stays its own block
     assert sum(blocks.values()) == 13_816
@@ -76,26 +75,26 @@ def test_container_parameters_and_shared_tensors_are_counted_once() -> None:
     assert check_budget(Tied(), 25) == 24
 
 
-def test_parameter_report(seed: nn.Module) -> None:
-    plain = parameter_report(seed)
+def test_parameter_report(assignment: nn.Module) -> None:
+    plain = parameter_report(assignment)
     assert plain.splitlines()[0].split() == ["block", "params", "%"]
     assert plain.splitlines()[1].split() == ["conv1", "4,776", "34.6%"]
     assert plain.splitlines()[-1].split() == ["total", "13,816", "100.0%"]
     assert "budget" not in plain.lower()
-    assert parameter_report(seed, 20_000).endswith("under budget by 6,184")  # 20,000 - 13,816
+    assert parameter_report(assignment, 20_000).endswith("under budget by 6,184")  # 20,000 - 13,816
     # 13,816 - 10,000 + 1: the limit is strict, so 3,817 parameters must go.
-    assert "OVER budget by 3,817" in parameter_report(seed, 10_000).splitlines()[-1]
+    assert "OVER budget by 3,817" in parameter_report(assignment, 10_000).splitlines()[-1]
 
 
-def test_limit_is_strict(seed: nn.Module) -> None:
-    assert check_budget(seed, 13_817) == 13_816
+def test_limit_is_strict(assignment: nn.Module) -> None:
+    assert check_budget(assignment, 13_817) == 13_816
     with pytest.raises(BudgetError, match="fewer than 13,816"):
-        check_budget(seed, 13_816)
+        check_budget(assignment, 13_816)
 
 
-def test_over_budget_message_names_heaviest_blocks(seed: nn.Module) -> None:
+def test_over_budget_message_names_heaviest_blocks(assignment: nn.Module) -> None:
     with pytest.raises(BudgetError) as info:
-        check_budget(seed, 10_000)
+        check_budget(assignment, 10_000)
     message = str(info.value)
     heaviest = ["conv1 4,776 (34.6%)", "conv2 4,688 (33.9%)", "conv3 3,520 (25.5%)"]
     positions = [message.index(text) for text in heaviest]
@@ -107,28 +106,20 @@ def test_over_budget_message_names_heaviest_blocks(seed: nn.Module) -> None:
 
 @pytest.mark.parametrize(("limit", "error"), [
     ("20000", TypeError), (20_000.0, TypeError), (True, TypeError), (0, ValueError), (-5, ValueError)])
-def test_bad_limit(seed: nn.Module, limit: object, error: type[Exception]) -> None:
+def test_bad_limit(assignment: nn.Module, limit: object, error: type[Exception]) -> None:
     with pytest.raises(error, match="limit"):
-        check_budget(seed, limit)  # type: ignore[arg-type]
+        check_budget(assignment, limit)  # type: ignore[arg-type]
     with pytest.raises(error, match="limit"):
-        parameter_report(seed, limit)  # type: ignore[arg-type]
+        parameter_report(assignment, limit)  # type: ignore[arg-type]
 
 
-def test_bad_model_and_depth(seed: nn.Module) -> None:
+def test_bad_model_and_depth(assignment: nn.Module) -> None:
     with pytest.raises(TypeError, match="torch.nn.Module"):
-        check_budget("seed", 20_000)  # type: ignore[arg-type]
+        check_budget("assignment", 20_000)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="torch.nn.Module"):
         block_params(None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="depth"):
-        block_params(seed, depth=0)
-
-
-def test_summary_text_joins_table_and_report(seed: nn.Module) -> None:
-    text = summary_text(seed, limit=20_000)
-    table = layer_table(seed).to_text()
-    assert text == f"{table}\n\n{parameter_report(seed, 20_000)}"
-    assert "Final receptive field 32x32 covers the 28x28 input" in text
-    assert text.endswith("under budget by 6,184")
+        block_params(assignment, depth=0)
 
 
 def test_params_by_kind_splits_separable_rungs_and_plain_models() -> None:
@@ -140,7 +131,7 @@ def test_params_by_kind_splits_separable_rungs_and_plain_models() -> None:
     # = 3,136 plus the head's 400; BN 2 * (8 + 16 + 24 + 24 + 32 + 40) = 288
     assert kinds == {"full kxk conv": 72, "depthwise conv": 936, "1x1 conv": 3_536, "normalization": 288, "other": 0}
     assert sum(kinds.values()) == 4_832
-    seed = params_by_kind(get_model("seed"))
-    assert seed["depthwise conv"] == 0 and sum(seed.values()) == 13_816
+    plain = params_by_kind(get_model("assignment"))
+    assert plain["depthwise conv"] == 0 and sum(plain.values()) == 13_816
     with pytest.raises(TypeError, match="torch.nn.Module"):
         params_by_kind("not a model")  # type: ignore[arg-type]

@@ -1,4 +1,5 @@
-"""The two data paths: same tensors from torchvision's Dataset and the in-memory loader; augmentation."""
+"""The two data paths: same tensors and the same validation split from torchvision's Dataset and the in-memory
+loader; augmentation as one object."""
 
 from __future__ import annotations
 
@@ -7,17 +8,28 @@ from pathlib import Path
 import pytest
 import torch
 
+from mnist_lesson.config import VALIDATION_IMAGES, Augment, UsageError
 from mnist_lesson.data import DataError
 from mnist_lesson.loaders import (
     MNIST_MEAN,
     MNIST_STD,
     InMemoryLoader,
     affine_batch,
+    augment_batch,
+    dataloaders,
+    in_memory_loaders,
     load_split,
-    random_affine,
+    random_draws,
     read_idx,
+    split_validation,
     torchvision_datasets,
 )
+
+
+def random_affine(images: torch.Tensor, rotation: float, shift: float,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Augment a batch as the in-memory loader does, with draws from `generator`."""
+    return augment_batch(images, Augment(rotation, shift), random_draws(len(images), generator))
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -70,7 +82,7 @@ def test_augmented_batches_keep_shapes_labels_and_ink() -> None:
     images = torch.zeros(64, 28, 28, dtype=torch.uint8)
     images[:, 10:18, 12:16] = 255
     labels = torch.arange(64) % 10
-    loader = InMemoryLoader(images, labels, batch_size=16, shuffle=True, rotate_degrees=10, translate=0.1)
+    loader = InMemoryLoader(images, labels, batch_size=16, shuffle=True, augment=Augment(rotation=10, shift=0.1))
     seen = []
     for x, y in loader:
         assert x.shape == (len(y), 1, 28, 28) and x.dtype == torch.float32
@@ -80,8 +92,7 @@ def test_augmented_batches_keep_shapes_labels_and_ink() -> None:
         seen.append(y)
     assert sorted(torch.cat(seen).tolist()) == sorted(labels.tolist())
     unaugmented = next(iter(InMemoryLoader(images, labels, batch_size=64)))[0]
-    augmented = torch.cat([x for x, _ in InMemoryLoader(images, labels, batch_size=64, rotate_degrees=10,
-                                                         translate=0.1)])
+    augmented = torch.cat([x for x, _ in InMemoryLoader(images, labels, batch_size=64, augment=Augment(10, 0.1))])
     assert not torch.allclose(augmented, unaugmented)
 
 
@@ -104,7 +115,7 @@ def test_affine_batch_rotates_and_shifts_exactly() -> None:
 def test_random_affine_stays_within_its_range() -> None:
     x = torch.zeros(200, 1, 28, 28)
     x[:, :, 13:15, 13:15] = 1.0  # a dot at the centre: rotation barely moves it, a shift moves it
-    out = random_affine(x, degrees=0.0, translate=3 / 28, generator=torch.Generator().manual_seed(0))
+    out = random_affine(x, rotation=0.0, shift=3 / 28, generator=torch.Generator().manual_seed(0))
     rows = (out.sum(dim=3).squeeze(1) * torch.arange(28)).sum(1) / out.sum(dim=(1, 2, 3))
     offsets = rows - 13.5
     assert offsets.abs().max() <= 3 + 1e-4
@@ -135,7 +146,7 @@ def test_one_draw_per_epoch_gives_the_same_batches_as_a_draw_per_batch() -> None
     of drawing batch by batch from the same generator, so recorded runs stay reproducible."""
     images = torch.randint(0, 256, (50, 28, 28), dtype=torch.uint8)
     labels = torch.arange(50) % 10
-    loader = InMemoryLoader(images, labels, batch_size=16, shuffle=True, rotate_degrees=7, translate=0.1, seed=3)
+    loader = InMemoryLoader(images, labels, batch_size=16, shuffle=True, augment=Augment(7, 0.1), seed=3)
     generator = torch.Generator().manual_seed(3)
     order = torch.randperm(50, generator=generator)
     for start, (x, y) in zip(range(0, 50, 16), loader, strict=True):
@@ -143,3 +154,29 @@ def test_one_draw_per_epoch_gives_the_same_batches_as_a_draw_per_batch() -> None
         expected = random_affine(images[index].unsqueeze(1).float() / 255, 7, 0.1, generator)
         torch.testing.assert_close(x, (expected - MNIST_MEAN) / MNIST_STD)
         assert torch.equal(y, labels[index])
+
+
+def test_validation_split_is_the_last_10000_training_images_on_both_paths(mnist_root: Path) -> None:
+    """Training leaves out the last 10,000 training images; "val" holds exactly them, "train_eval" the first
+    10,000; the test set is untouched. Both data paths agree image for image."""
+    images, labels = load_split(True, mnist_root)
+    (train_x, _), (val_x, val_y) = split_validation(images, labels)
+    assert len(train_x) == 60_000 - VALIDATION_IMAGES and torch.equal(val_x, images[-VALIDATION_IMAGES:])
+    memory_train, memory_sets = in_memory_loaders(1000, validation=True, root=mnist_root)
+    loader_train, loader_sets = dataloaders(1000, validation=True, root=mnist_root, num_workers=0)
+    assert set(memory_sets) == set(loader_sets) == {"val", "test", "train_eval"}
+    assert len(memory_train.labels) == len(loader_train.dataset) == 50_000
+    for name in ("val", "train_eval"):
+        (x_memory, y_memory), (x_loader, y_loader) = next(iter(memory_sets[name])), next(iter(loader_sets[name]))
+        torch.testing.assert_close(x_memory, x_loader, rtol=0, atol=1e-6)
+        assert torch.equal(y_memory, y_loader)
+    assert torch.equal(next(iter(memory_sets["val"]))[1], val_y[:1000])
+    full_train, full_sets = in_memory_loaders(1000, root=mnist_root)
+    assert set(full_sets) == {"test"} and len(full_train.labels) == 60_000
+
+
+def test_augment_is_one_checked_object() -> None:
+    assert not Augment().active and Augment(rotation=7).active and Augment(shift=0.1).active
+    for bad in (dict(rotation=-1), dict(shift=float("nan")), dict(shift=1.5), dict(rotation=float("inf"))):
+        with pytest.raises(UsageError):
+            Augment(**bad)

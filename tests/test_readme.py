@@ -20,7 +20,7 @@ def test_ci_runs_the_readme_commands() -> None:
     readme = (REPO / "README.md").read_text()
     blocks = re.findall(r"```bash\n(.*?)\n\s*```", readme, re.DOTALL)
     install, test = blocks[0].strip(), blocks[1].strip()
-    assert install == "pip install -r requirements.txt && python -m mnist_lesson train seed"
+    assert install == "pip install -r requirements.txt && python -m mnist_lesson train final"
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     assert test in ci, "CI must run the README's test command exactly"
     assert install.replace("&& python", "&& MNIST_LESSON_SMOKE=1 python") in ci
@@ -31,4 +31,15 @@ def test_requirements_never_pin_torch_exactly() -> None:
     for name in ("torch", "torchvision"):
         (spec,) = [line for line in lines if re.match(rf"{name}\b(?!vision)", line)]
         assert ">=" in spec and "==" not in spec and "<" not in spec, spec
-    assert "-e ." in lines
+    assert any(line.startswith("-e .") for line in lines)
+
+
+def test_the_notebook_table_lists_every_notebook_and_model() -> None:
+    from mnist_lesson.models import MODELS
+
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("## The notebooks"):readme.index("### Exercises")]
+    for path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        assert f"| `{path.name}` |" in table, path.name
+    listed = set(re.findall(r"`(\w+)`", table.split("| model")[1]))
+    assert set(MODELS) - {"assignment"} <= listed

@@ -1,4 +1,8 @@
-"""Receptive-field table: hand-computed values, textbook stacks, a gradient oracle and torchscan."""
+"""Receptive-field table: hand-computed values, textbook stacks, a gradient oracle, torchscan, and refusals.
+
+Models whose data flow is not a single chain of layers (branches, skip connections, functional pooling)
+must raise UnsupportedLayerError; harmless functional ops between layers must leave the table unchanged.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +28,7 @@ from mnist_lesson.receptive_field import (
     layer_table,
 )
 
-# The assignment's original model ("seed" before it was renamed "assignment"; either name is accepted while
-# the rename lands). Worked out by hand with rf += (k - 1) * jump, jump *= stride, on a 28x28 input:
+# The assignment's original model, worked out by hand with rf += (k - 1) * jump, jump *= stride, on a 28x28 input:
 #   conv1.0.0 3x3 pad 1: 28 -> 28, rf 1 + 2*1 = 3
 #   conv1.1.0 3x3 pad 1: 28 -> 28, rf 3 + 2*1 = 5
 #   conv1.2.0 3x3 pad 0: 28 -> 26, rf 5 + 2*1 = 7
@@ -38,7 +41,7 @@ from mnist_lesson.receptive_field import (
 #   conv3.1.0 3x3:        7 -> 5,  rf 20 + 2*2 = 24
 #   gap       avgpool 5:  5 -> 1,  rf 24 + 4*2 = 32, jump 2*5 = 10
 #   head      1x1 convs:  1 -> 1,  rf 32
-SEED_HAND = {  # name: (output channels, output side, rf, jump)
+ASSIGNMENT_HAND = {  # name: (output channels, output side, rf, jump)
     "conv1.0.0": (8, 28, 3, 1),
     "conv1.1.0": (16, 28, 5, 1),
     "conv1.2.0": (24, 26, 7, 1),
@@ -55,39 +58,36 @@ SEED_HAND = {  # name: (output channels, output side, rf, jump)
 }
 
 
-SEED = next((name for name in ("assignment", "seed") if name in MODELS), "assignment")
-
-
 @pytest.fixture(scope="module")
-def seed_table() -> LayerTable:
-    return layer_table(get_model(SEED))
+def assignment_table() -> LayerTable:
+    return layer_table(get_model("assignment"))
 
 
-def test_seed_matches_hand_computation(seed_table: LayerTable) -> None:
-    rows = {row.name: row for row in seed_table.rows}
-    for name, (channels, side, rf, jump) in SEED_HAND.items():
+def test_assignment_matches_hand_computation(assignment_table: LayerTable) -> None:
+    rows = {row.name: row for row in assignment_table.rows}
+    for name, (channels, side, rf, jump) in ASSIGNMENT_HAND.items():
         row = rows[name]
         assert (row.out_shape, row.rf, row.jump) == ((channels, side, side), rf, jump), name
     # 8 conv blocks of 4 leaves (conv, ReLU, BN, Dropout2d), trans1 3, trans2 2, gap, head.1.
-    assert len(seed_table.rows) == 39
-    assert seed_table.final_rf == 32
-    assert seed_table.covers_input
-    assert seed_table.first_full_rf_row is not None and seed_table.first_full_rf_row.name == "gap"
-    assert seed_table.total_params == 13_816 == sum(row.params for row in seed_table.rows)
+    assert len(assignment_table.rows) == 39
+    assert assignment_table.final_rf == 32
+    assert assignment_table.covers_input
+    assert assignment_table.first_full_rf_row is not None and assignment_table.first_full_rf_row.name == "gap"
+    assert assignment_table.total_params == 13_816 == sum(row.params for row in assignment_table.rows)
 
 
-def test_seed_geometry_keeping_rows_copy_previous_row(seed_table: LayerTable) -> None:
-    for prev, row in zip(seed_table.rows, seed_table.rows[1:], strict=False):
+def test_assignment_geometry_keeping_rows_copy_previous_row(assignment_table: LayerTable) -> None:
+    for prev, row in zip(assignment_table.rows, assignment_table.rows[1:], strict=False):
         if row.kind in ("ReLU", "BatchNorm2d", "Dropout2d"):
             assert (row.out_shape, row.rf, row.jump, row.start) == (
                 prev.out_shape, prev.rf, prev.jump, prev.start), row.name
 
 
-def test_seed_text_ends_with_verdict_and_is_deterministic(seed_table: LayerTable) -> None:
-    text = seed_table.to_text()
+def test_assignment_text_ends_with_verdict_and_is_deterministic(assignment_table: LayerTable) -> None:
+    text = assignment_table.to_text()
     assert text.splitlines()[-1] == "Final receptive field 32x32 covers the 28x28 input"
-    assert str(seed_table) == text
-    assert layer_table(get_model(SEED)).to_text() == text  # a fresh instance prints the same
+    assert str(assignment_table) == text
+    assert layer_table(get_model("assignment")).to_text() == text  # a fresh instance prints the same
     assert re.search(r"0x[0-9a-fA-F]{6,}", text) is None  # no memory addresses
     marked = [line for line in text.splitlines() if "<- RF reaches 28x28" in line]
     assert len(marked) == 1 and " gap " in marked[0]
@@ -109,12 +109,12 @@ def test_small_table_text_exactly() -> None:
     assert not table.covers_input and table.first_full_rf_row is None
 
 
-def test_html_highlights_first_full_row_only(seed_table: LayerTable) -> None:
-    page = seed_table._repr_html_()
+def test_html_highlights_first_full_row_only(assignment_table: LayerTable) -> None:
+    page = assignment_table._repr_html_()
     highlighted = [tr for tr in page.split("<tr") if "background-color" in tr]
     assert len(highlighted) == 1 and "<td>gap</td>" in highlighted[0]
     assert "Final receptive field 32x32 covers the 28x28 input" in page
-    assert page == layer_table(get_model(SEED))._repr_html_()
+    assert page == layer_table(get_model("assignment"))._repr_html_()
 
 
 def _rows(model: nn.Module, side: int) -> list[LayerRow]:
@@ -243,9 +243,9 @@ def _torchscan_rows(model: nn.Module, input_size: tuple[int, int, int]) -> dict[
     return result
 
 
-def test_seed_agrees_with_torchscan(seed_table: LayerTable) -> None:
-    expected = _torchscan_rows(get_model(SEED), (1, 28, 28))
-    assert {row.name: (row.rf, row.jump, row.start) for row in seed_table.rows} == expected
+def test_assignment_agrees_with_torchscan(assignment_table: LayerTable) -> None:
+    expected = _torchscan_rows(get_model("assignment"), (1, 28, 28))
+    assert {row.name: (row.rf, row.jump, row.start) for row in assignment_table.rows} == expected
 
 
 def test_strided_dilated_stack_agrees_with_torchscan() -> None:
@@ -377,7 +377,7 @@ def test_unsupported_geometry(model: nn.Module, message: str) -> None:
 
 def test_bad_arguments() -> None:
     with pytest.raises(TypeError, match="torch.nn.Module"):
-        layer_table("seed")  # type: ignore[arg-type]
+        layer_table("assignment")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="square"):
         layer_table(nn.Conv2d(1, 1, 3), input_size=(1, 28, 32))
     with pytest.raises(ValueError, match="three positive ints"):
@@ -385,7 +385,7 @@ def test_bad_arguments() -> None:
 
 
 def test_mixed_modes_are_restored() -> None:
-    model = get_model(SEED)
+    model = get_model("assignment")
     model.train()
     model.conv2.eval()
     before = [m.training for m in model.modules()]
@@ -394,18 +394,18 @@ def test_mixed_modes_are_restored() -> None:
     assert all(not m._forward_hooks for m in model.modules())
 
 
-def test_plot_receptive_field(seed_table: LayerTable) -> None:
-    fig = plot_receptive_field(seed_table)
+def test_plot_receptive_field(assignment_table: LayerTable) -> None:
+    fig = plot_receptive_field(assignment_table)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == [row.name for row in seed_table.rows]
-    assert list(ax.lines[0].get_ydata()) == [row.rf for row in seed_table.rows]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [row.name for row in assignment_table.rows]
+    assert list(ax.lines[0].get_ydata()) == [row.rf for row in assignment_table.rows]
     assert any(list(line.get_ydata()) == [28, 28] for line in ax.lines)  # the image-side line
     fig.savefig(io.BytesIO(), format="png")  # renders without a display
 
     given_fig = Figure()
     given_ax = given_fig.add_subplot()
-    assert plot_receptive_field(seed_table, ax=given_ax) is given_fig
+    assert plot_receptive_field(assignment_table, ax=given_ax) is given_fig
 
 
 # --- Data flow the table cannot follow is refused, never reported wrong. --------------------------------
@@ -711,7 +711,7 @@ class SwallowsErrors(nn.Module):
         y = self.conv1(x)
         try:
             y = y + self.conv2(x)
-        except Exception:  # noqa: BLE001 - the point of the test
+        except Exception:  # the table must still refuse the model
             pass
         return y
 

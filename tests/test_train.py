@@ -1,7 +1,10 @@
-"""The training loop: it learns, it measures correctly, smoke mode shrinks it, checkpoints are safe."""
+"""The training loop and a run: it learns, it measures correctly, smoke mode is explicit, stops keep their epochs."""
 
 from __future__ import annotations
 
+import inspect
+import json
+import math
 import pickle
 from pathlib import Path
 
@@ -9,23 +12,25 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_lesson.config import Recipe
+from mnist_lesson.config import SMOKE_ENV, SMOKE_LIMITS, Limits, Recipe, Speed, UsageError, smoke_mode
 from mnist_lesson.loaders import InMemoryLoader, load_split
 from mnist_lesson.models import get_model, get_recipe
-from mnist_lesson.train import (
-    SMOKE_ENV,
-    SMOKE_TRAIN_BATCHES,
-    History,
-    evaluate,
-    fit,
+from mnist_lesson.runs import (
+    FirstBatches,
+    TrainingStopped,
+    code_version,
+    eval_batch_for,
     load_checkpoint,
     make_optimizer,
     native_bf16,
     pick_device,
+    runnable,
     save_checkpoint,
     seed_everything,
-    smoke_mode,
+    train_recipe,
+    use_amp,
 )
+from mnist_lesson.train import History, NonFiniteLoss, evaluate, fit
 
 CPU = torch.device("cpu")
 
@@ -36,19 +41,30 @@ def subset(mnist_root: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images[:1024], labels[:1024]
 
 
-def test_a_few_training_steps_lower_the_loss(subset: tuple[torch.Tensor, torch.Tensor],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(SMOKE_ENV)
+def test_a_few_training_steps_lower_the_loss(subset: tuple[torch.Tensor, torch.Tensor]) -> None:
     seed_everything(0)
-    model = get_model("seed")
+    model = get_model("assignment")
     train = InMemoryLoader(*subset, batch_size=64, shuffle=True)
     probe = InMemoryLoader(*subset, batch_size=512)
     loss_before, _ = evaluate(model, probe, CPU)
-    optimizer, _, _ = make_optimizer(model, Recipe(lr=0.05), len(train))
-    history = fit(model, train, probe, optimizer, epochs=2, device=CPU, progress=False)
+    optimizer, schedule = make_optimizer(model, Recipe(lr=0.05), len(train))
+    history = fit(model, train, {"test": probe}, optimizer, schedule, epochs=2, device=CPU, progress=False)
     assert len(history.epochs) == 2
-    assert history.epochs[-1].test_loss < 0.7 * loss_before
-    assert history.epochs[-1].train_loss < history.epochs[0].train_loss
+    assert history.epochs[-1]["test_loss"] < 0.7 * loss_before
+    assert history.epochs[-1]["train_loss"] < history.epochs[0]["train_loss"]
+    assert len(schedule.lrs) == 2 * len(train)  # the schedule saw every step
+
+
+def test_the_loop_is_short_and_reads_no_environment() -> None:
+    """The loop is the lesson of notebook 00: the plain steps, in order, and no hidden switch."""
+    source = inspect.getsource(fit)
+    body = source[source.index('"""', source.index('"""') + 3) + 3:]
+    steps = ["model.train()", "model(x)", "F.nll_loss", "optimizer.zero_grad()", "loss.backward()",
+             "optimizer.step()", "schedule.step()", "evaluate("]
+    positions = [body.index(step) for step in steps]
+    assert positions == sorted(positions)
+    assert "environ" not in source and "smoke" not in source.lower()
+    assert len([line for line in body.splitlines() if line.strip()]) <= 20
 
 
 def test_evaluate_matches_a_count_by_hand() -> None:
@@ -68,57 +84,75 @@ def test_evaluate_matches_a_count_by_hand() -> None:
     assert loss == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_smoke_mode_runs_one_short_epoch(subset: tuple[torch.Tensor, torch.Tensor],
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_smoke_mode_is_resolved_where_a_run_starts(mnist_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """train_recipe turns smoke mode into explicit limits: one epoch of a few batches; fit itself never asks."""
     monkeypatch.setenv(SMOKE_ENV, "1")
-    assert smoke_mode()
-    seen = []
-
-    class Counting(InMemoryLoader):
-        def __iter__(self):  # type: ignore[no-untyped-def]
-            for batch in super().__iter__():
-                seen.append(len(batch[1]))
-                yield batch
-
-    model = get_model("seed")
-    train = Counting(*subset, batch_size=16)
-    optimizer, _, _ = make_optimizer(model, Recipe(), len(train))
-    history = fit(model, train, InMemoryLoader(*subset, batch_size=256), optimizer, epochs=5, device=CPU,
-                  progress=False)
-    assert len(history.epochs) == 1
-    assert len(seen) == SMOKE_TRAIN_BATCHES
+    _, history = train_recipe("assignment", device=CPU, root=mnist_root, progress=False)
+    assert len(history.epochs) == 1 and history.meta["smoke"] is True
+    assert len(history.schedule["lr"]) == SMOKE_LIMITS.train_batches
     monkeypatch.setenv(SMOKE_ENV, "0")
-    assert not smoke_mode()
+    _, explicit = train_recipe("assignment", get_recipe("assignment").with_overrides(epochs=1), device=CPU,
+                               root=mnist_root, progress=False, smoke=True)
+    assert explicit.meta["smoke"] is True and explicit.meta["epochs_planned"] == 1
 
 
-def test_history_round_trips_through_json(tmp_path: Path, subset: tuple[torch.Tensor, torch.Tensor]) -> None:
-    model = get_model("seed")
+@pytest.mark.parametrize(("value", "expected"), [("1", True), ("true", True), ("YES", True), ("0", False),
+                                                 ("false", False), ("no", False), ("", False), (" ", False)])
+def test_smoke_switch_values(value: str, expected: bool) -> None:
+    assert smoke_mode({SMOKE_ENV: value}) is expected
+    assert smoke_mode({}) is False
+
+
+@pytest.mark.parametrize("value", ["2", "on", "maybe", "0.5"])
+def test_smoke_switch_refuses_what_it_does_not_know(value: str) -> None:
+    with pytest.raises(UsageError, match="MNIST_LESSON_SMOKE"):
+        smoke_mode({SMOKE_ENV: value})
+
+
+def test_first_batches_limits_a_loader_and_its_length() -> None:
+    loader = InMemoryLoader(torch.zeros(100, 28, 28, dtype=torch.uint8), torch.zeros(100, dtype=torch.long), 10)
+    assert len(FirstBatches(loader, 3)) == 3 and len(list(FirstBatches(loader, 3))) == 3
+    assert len(FirstBatches(loader, None)) == 10 == len(list(FirstBatches(loader, None)))
+    assert len(FirstBatches(loader, 50)) == 10
+
+
+def test_history_round_trips_through_strict_json(tmp_path: Path, subset: tuple[torch.Tensor, torch.Tensor]) -> None:
+    model = get_model("assignment")
     loader = InMemoryLoader(*subset, batch_size=256)
-    optimizer, _, _ = make_optimizer(model, Recipe(), len(loader))
-    history = fit(model, loader, loader, optimizer, epochs=1, device=CPU, progress=False)
-    history.meta["model"] = "seed"
+    optimizer, schedule = make_optimizer(model, Recipe(), len(loader))
+    history = fit(model, loader, {"test": loader, "val": loader}, optimizer, schedule, epochs=1, device=CPU,
+                  progress=False)
+    history.meta["model"] = "assignment"
+    history.schedule = schedule.trace()
     history.save(tmp_path / "h.json")
     again = History.load(tmp_path / "h.json")
     assert again == history
-    assert set(vars(again.epochs[0])) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr",
-                                          "seconds"}
+    assert set(again.epochs[0]) == {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "val_loss",
+                                    "val_acc", "lr", "seconds"}
+    with pytest.raises(KeyError, match="no figure 'val_accuracy'"):
+        again.column("val_accuracy")
+
+
+def test_history_refuses_to_write_nan(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        History([{"epoch": 1, "train_loss": math.nan}]).save(tmp_path / "h.json")
+    assert not (tmp_path / "h.json").exists() or json.loads((tmp_path / "h.json").read_text() or "{}") == {}
 
 
 @pytest.mark.parametrize(("schedule", "kind"), [("onecycle", "OneCycleLR"), ("step", "StepLR")])
 def test_recipe_schedules(schedule: str, kind: str) -> None:
-    model = get_model("seed")
-    optimizer, scheduler, per_batch = make_optimizer(model, Recipe(schedule=schedule, lr=0.1, nesterov=True), 10)
-    assert type(scheduler).__name__ == kind
-    assert per_batch == (schedule == "onecycle")
+    model = get_model("assignment")
+    optimizer, steps = make_optimizer(model, Recipe(schedule=schedule, lr=0.1, nesterov=True), 10)
+    assert type(steps.scheduler).__name__ == kind
     assert optimizer.param_groups[0]["nesterov"] is True
-    with pytest.raises(ValueError, match="unknown schedule"):
-        make_optimizer(model, Recipe(schedule="cosine"), 10)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="unknown schedule"):
+        Recipe(schedule="cosine")  # type: ignore[arg-type]
 
 
 def test_checkpoints_round_trip_and_refuse_code(tmp_path: Path) -> None:
-    model = get_model("seed")
+    model = get_model("assignment")
     save_checkpoint(model, tmp_path / "model.pt")
-    fresh = load_checkpoint(get_model("seed"), tmp_path / "model.pt")
+    fresh = load_checkpoint(get_model("assignment"), tmp_path / "model.pt")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values(),
                                                  strict=True))
     marker = tmp_path / "pwned"
@@ -131,80 +165,117 @@ def test_checkpoints_round_trip_and_refuse_code(tmp_path: Path) -> None:
 
     (tmp_path / "evil.pt").write_bytes(pickle.dumps({"weight": Evil()}, protocol=2))
     with pytest.raises(pickle.UnpicklingError):
-        load_checkpoint(get_model("seed"), tmp_path / "evil.pt")
+        load_checkpoint(get_model("assignment"), tmp_path / "evil.pt")
     assert not marker.exists()
 
 
-def test_pick_device() -> None:
+def test_pick_device_names_the_alternatives() -> None:
     assert pick_device("cpu") == CPU
     assert pick_device("auto").type in {"cpu", "cuda", "mps"}
     for bad in ("tpu", "cuda:x", "cuda:"):
-        with pytest.raises(ValueError, match="unknown device"):
+        with pytest.raises(UsageError, match="unknown device"):
             pick_device(bad)
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA GPU"):
+        with pytest.raises(UsageError, match="not available on this machine; available: auto, cpu"):
             pick_device("cuda")
 
 
-def test_onecycle_runs_its_full_schedule_and_logs_the_rate_used(subset: tuple[torch.Tensor, torch.Tensor],
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(SMOKE_ENV)
-    model = get_model("seed")
+def test_onecycle_runs_its_full_schedule_and_records_rate_and_momentum(
+        subset: tuple[torch.Tensor, torch.Tensor]) -> None:
+    model = get_model("assignment")
     train = InMemoryLoader(subset[0][:256], subset[1][:256], batch_size=64, shuffle=True)
     recipe = Recipe(epochs=3, lr=0.1, schedule="onecycle")
-    optimizer, scheduler, per_batch = make_optimizer(model, recipe, len(train))
-    history = fit(model, train, train, optimizer, epochs=3, device=CPU, scheduler=scheduler,
-                  scheduler_per_batch=per_batch, progress=False)
-    assert scheduler.last_epoch == 3 * len(train)  # exactly the steps OneCycleLR was built for
+    optimizer, schedule = make_optimizer(model, recipe, len(train))
+    history = fit(model, train, {"test": train}, optimizer, schedule, epochs=3, device=CPU, progress=False)
+    assert schedule.scheduler.last_epoch == 3 * len(train)  # exactly the steps OneCycleLR was built for
     lrs = history.column("lr")
     assert lrs[0] > lrs[-1] and lrs[-1] < 0.01 * recipe.lr  # annealed to almost nothing by the last step
-    assert max(lrs) <= recipe.lr
+    assert max(schedule.lrs) <= recipe.lr
+    # OneCycleLR cycles momentum against the rate: highest where the rate is lowest, and the reverse.
+    peak = schedule.lrs.index(max(schedule.lrs))
+    assert schedule.momentums[peak] == pytest.approx(0.85, abs=0.01) and schedule.momentums[0] == pytest.approx(0.95)
+    trace = schedule.trace(max_points=5)
+    assert trace["step"][0] == 1 and trace["step"][-1] == len(schedule.lrs) and len(trace["lr"]) == 5
 
 
-def test_step_schedule_logs_the_rate_each_epoch_trained_with(subset: tuple[torch.Tensor, torch.Tensor],
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(SMOKE_ENV)
-    model = get_model("seed")
+def test_step_schedule_logs_the_rate_each_epoch_trained_with(subset: tuple[torch.Tensor, torch.Tensor]) -> None:
+    model = get_model("assignment")
     train = InMemoryLoader(subset[0][:128], subset[1][:128], batch_size=64)
-    optimizer, scheduler, per_batch = make_optimizer(model, Recipe(lr=0.1, schedule="step", step_size=2, gamma=0.1), 2)
-    history = fit(model, train, train, optimizer, epochs=3, device=CPU, scheduler=scheduler,
-                  scheduler_per_batch=per_batch, progress=False)
+    optimizer, schedule = make_optimizer(model, Recipe(lr=0.1, schedule="step", step_size=2, gamma=0.1), 2)
+    history = fit(model, train, {"test": train}, optimizer, schedule, epochs=3, device=CPU, progress=False)
     assert history.column("lr") == pytest.approx([0.1, 0.1, 0.01])
 
 
-def test_speed_options_fall_back_cleanly_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mnist_lesson import train
-    from mnist_lesson.config import GPU_EVAL_BATCH, Speed
-    from mnist_lesson.train import eval_batch_for, maybe_compile, use_amp
+def test_a_diverging_loss_stops_the_run_with_its_finished_epochs(subset: tuple[torch.Tensor, torch.Tensor]) -> None:
+    model = get_model("first")
+    train = InMemoryLoader(*subset, batch_size=64, shuffle=True)
+    optimizer, schedule = make_optimizer(model, Recipe(lr=1e6), len(train))
+    history = History()
+    with pytest.raises(NonFiniteLoss, match="lower the learning rate"):
+        fit(model, train, {"test": train}, optimizer, schedule, epochs=3, device=CPU, progress=False, history=history)
+    assert all(math.isfinite(v) for stats in history.epochs for v in stats.values())
 
-    monkeypatch.setattr(train, "native_bf16", lambda device: False)  # a CPU without AVX512-BF16 or AMX
+
+def test_train_recipe_stops_cleanly_and_keeps_finished_epochs(mnist_root: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after the first epoch: TrainingStopped carries that epoch and says where it stopped."""
+    from mnist_lesson import runs, train
+
+    calls = {"n": 0}
+    original = train.evaluate
+
+    def interrupt_in_second_epoch(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", interrupt_in_second_epoch)
+    monkeypatch.setattr(runs, "limits_for", lambda smoke: Limits(train_batches=3, eval_batches=1))  # short epochs
+    recipe = get_recipe("assignment").with_overrides(epochs=3)
+    with pytest.raises(TrainingStopped, match=r"interrupted \(during epoch 2 of 3; 1 finished\)") as stop:
+        train_recipe("assignment", recipe, device=CPU, root=mnist_root, progress=False, smoke=False)
+    assert len(stop.value.history.epochs) == 1 and stop.value.history.meta["stopped"].startswith("interrupted")
+
+
+def test_runs_record_the_code_they_came_from(mnist_root: Path) -> None:
+    _, history = train_recipe("assignment", device=CPU, root=mnist_root, progress=False, smoke=True)
+    assert history.meta["code"] == code_version()
+    assert code_version().startswith(("git ", "source sha256 "))
+    assert history.meta["recipe"] == get_recipe("assignment").to_dict()
+
+
+def test_speed_options_fall_back_cleanly_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mnist_lesson import runs
+    from mnist_lesson.config import GPU_EVAL_BATCH
+
+    monkeypatch.setattr(runs, "native_bf16", lambda device: False)  # a CPU without AVX512-BF16 or AMX
     with pytest.warns(UserWarning, match="trains in float32 instead"):
         assert use_amp(CPU, True) is False
     assert use_amp(CPU, False) is False
-    monkeypatch.setattr(train, "native_bf16", lambda device: True)
+    monkeypatch.setattr(runs, "native_bf16", lambda device: True)
     assert use_amp(CPU, True) is True
     monkeypatch.undo()
-    assert train.native_bf16(torch.device("meta")) is False
-    assert isinstance(train.native_bf16(CPU), bool)
-    recipe = Recipe(eval_batch_size=500)
-    assert eval_batch_for(CPU, recipe, Speed()) == 500
-    assert eval_batch_for(torch.device("cuda"), recipe, Speed()) == GPU_EVAL_BATCH
-    assert eval_batch_for(CPU, recipe, Speed(eval_batch_size=64)) == 64
-    with pytest.raises(ValueError, match="positive integer"):
-        eval_batch_for(CPU, recipe, Speed(eval_batch_size=0))
+    assert native_bf16(torch.device("meta")) is False
+    assert isinstance(native_bf16(CPU), bool)
+    assert eval_batch_for(CPU, Speed()) == 1000
+    assert eval_batch_for(torch.device("cuda"), Speed()) == GPU_EVAL_BATCH
+    assert eval_batch_for(CPU, Speed(eval_batch_size=64)) == 64
+    with pytest.raises(UsageError, match="eval_batch_size"):
+        Speed(eval_batch_size=0)
     model = nn.Linear(2, 2)
-    assert maybe_compile(model, False) is model
+    run, amp = runnable(model, Speed(channels_last=False), CPU)
+    assert run is model and amp is False
     monkeypatch.delattr(torch, "compile")  # as on a torch too old to have it
     with pytest.warns(UserWarning, match="has no torch.compile"):
-        assert maybe_compile(model, True) is model
+        assert runnable(model, Speed(compile=True, channels_last=False), CPU)[0] is model
 
 
 def test_speed_options_change_time_not_results(mnist_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Evaluating the whole test set in one batch gives the figures of batches of 1,000; amp asked for on a
     CPU without native bfloat16 trains in float32 exactly as without it; the options are recorded."""
-    from mnist_lesson import train
-    from mnist_lesson.config import GPU_EVAL_BATCH, Speed
-    from mnist_lesson.train import train_recipe
+    from mnist_lesson import runs
+    from mnist_lesson.config import GPU_EVAL_BATCH
 
     seed_everything(0)
     model = get_model("under8k")
@@ -213,28 +284,20 @@ def test_speed_options_change_time_not_results(mnist_root: Path, monkeypatch: py
     whole = evaluate(model, InMemoryLoader(*test, batch_size=GPU_EVAL_BATCH), CPU)
     assert small[1] == whole[1] and small[0] == pytest.approx(whole[0], rel=1e-5)
 
-    recipe = get_recipe("under8k")
-    _, plain = train_recipe(lambda: get_model("under8k"), recipe, device=CPU, seed=1, root=mnist_root,
-                            progress=False)
-    monkeypatch.setattr(train, "native_bf16", lambda device: False)
+    _, plain = train_recipe("under8k", device=CPU, seed=1, root=mnist_root, progress=False, smoke=True)
+    monkeypatch.setattr(runs, "native_bf16", lambda device: False)
     with pytest.warns(UserWarning, match="float32"):
-        _, amp = train_recipe(lambda: get_model("under8k"), recipe, device=CPU, seed=1, root=mnist_root,
-                              progress=False, speed=Speed(amp=True, eval_batch_size=500))
-    assert amp.meta["speed"] == {"amp": False, "compile": False, "eval_batch_size": 500}
+        _, amp = train_recipe("under8k", device=CPU, seed=1, root=mnist_root, progress=False, smoke=True,
+                              speed=Speed(amp=True, eval_batch_size=500))
+    assert amp.meta["speed"] == {**Speed(eval_batch_size=500).to_dict(), "amp": False}
     assert amp.column("train_loss") == plain.column("train_loss")
 
 
-@pytest.mark.skipif(not native_bf16(CPU),
-                    reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+@pytest.mark.skipif(not native_bf16(CPU), reason="this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
 def test_amp_on_a_cpu_with_native_bfloat16_trains_in_bfloat16(mnist_root: Path) -> None:
-    from mnist_lesson.config import Speed
-    from mnist_lesson.train import train_recipe
-
-    recipe = get_recipe("under5k")
-    _, plain = train_recipe(lambda: get_model("under5k"), recipe, device=CPU, seed=0, root=mnist_root,
-                            progress=False)
-    _, amp = train_recipe(lambda: get_model("under5k"), recipe, device=CPU, seed=0, root=mnist_root,
-                          progress=False, speed=Speed(amp=True))
+    _, plain = train_recipe("under5k", device=CPU, seed=0, root=mnist_root, progress=False, smoke=True)
+    _, amp = train_recipe("under5k", device=CPU, seed=0, root=mnist_root, progress=False, smoke=True,
+                          speed=Speed(amp=True))
     assert amp.meta["speed"]["amp"] is True
     assert amp.column("train_loss") != plain.column("train_loss")  # bfloat16 rounds differently
     assert amp.column("train_loss")[0] == pytest.approx(plain.column("train_loss")[0], rel=0.05)
