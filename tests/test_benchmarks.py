@@ -45,7 +45,7 @@ def test_speed_modes_time_the_assignments_way_against_the_package_default(mnist_
     """Each mode's baseline is the assignment's DataLoader way; a timed run (smoke-sized here) reports its wall
     time, epoch times and accuracy. The data-path mode is the same loop with the assignment's model."""
     speed = load_script("speed")
-    for mode, (model, _, configs) in speed.MODES.items():
+    for mode, (_, _, configs) in speed.MODES.items():
         assert list(configs)[0] == speed.BASELINE and configs[speed.BASELINE] == speed.ASSIGNMENT_WAY, mode
         assert configs["in-memory + channels_last"] == Speed(), mode
     assert speed.ASSIGNMENT_WAY.data == "dataloader" and not speed.ASSIGNMENT_WAY.channels_last
