@@ -116,22 +116,28 @@ def check_budget(model: nn.Module, limit: int) -> int:
     )
 
 
+KINDS = ("full kxk conv", "depthwise conv", "1x1 conv", "normalization", "linear", "other")
+
+
+def layer_kind(module: nn.Module) -> str:
+    """Return the kind of a layer that holds parameters: full kxk conv, depthwise conv, 1x1 conv, normalization,
+    linear or other."""
+    if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
+        return "1x1 conv"
+    if isinstance(module, nn.Conv2d) and module.groups == module.in_channels > 1:
+        return "depthwise conv"
+    if isinstance(module, nn.Conv2d):
+        return "full kxk conv"
+    if isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
+        return "normalization"
+    if isinstance(module, nn.Linear):
+        return "linear"
+    return "other"
+
+
 def params_by_kind(model: nn.Module) -> dict[str, int]:
-    """Return the model's parameters grouped by layer kind: full 3x3-style convs, depthwise convs, 1x1 convs,
-    normalization and everything else (notebook 08)."""
-    kinds = {"full kxk conv": 0, "depthwise conv": 0, "1x1 conv": 0, "normalization": 0, "other": 0}
+    """Return the model's parameters grouped by layer kind (`layer_kind`), every kind listed (notebook 08)."""
+    kinds = dict.fromkeys(KINDS, 0)
     for module in _check_model(model).modules():
-        own = sum(p.numel() for p in module.parameters(recurse=False))
-        if not own:
-            continue
-        if isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1):
-            kinds["1x1 conv"] += own
-        elif isinstance(module, nn.Conv2d) and module.groups == module.in_channels > 1:
-            kinds["depthwise conv"] += own
-        elif isinstance(module, nn.Conv2d):
-            kinds["full kxk conv"] += own
-        elif isinstance(module, nn.modules.batchnorm._NormBase | nn.GroupNorm | nn.LayerNorm):
-            kinds["normalization"] += own
-        else:
-            kinds["other"] += own
+        kinds[layer_kind(module)] += sum(p.numel() for p in module.parameters(recurse=False))
     return kinds

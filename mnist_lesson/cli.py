@@ -113,13 +113,21 @@ def _train(args: argparse.Namespace) -> int:
     # Imported here so that the other commands skip torch's and matplotlib's start-up cost.
     from mnist_lesson.config import Speed
     from mnist_lesson.plots import plot_history
-    from mnist_lesson.runs import TrainingStopped, describe_device, pick_device, save_checkpoint, train_recipe
+    from mnist_lesson.runs import (
+        TrainingStopped,
+        describe_device,
+        pick_device,
+        save_checkpoint,
+        set_cpu_threads,
+        train_recipe,
+    )
 
     start = time.perf_counter()
     smoke = smoke_mode()
     recipe = get_recipe(args.model).with_overrides(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
     speed = Speed(data=args.data, amp=args.amp, compile=args.compile, eval_batch_size=args.eval_batch_size)
     device = pick_device(args.device)
+    set_cpu_threads(args.threads)
     params = count_parameters(get_model(args.model))
     run = new_run_folder(args.out, f"{args.model}-s{args.seed}")  # before training: a bad --out fails now
     print(f"model {args.model}: {params:,} parameters")
@@ -163,15 +171,17 @@ def _summary(args: argparse.Namespace) -> int:
 
 
 def _colab(args: argparse.Namespace) -> int:
-    from mnist_lesson.colab import REPOSITORY, check_notebook, sync_notebook
+    from mnist_lesson.colab import REPOSITORY, check_notebook, describe_links, sync_notebook
 
-    paths = sorted(Path(args.folder).glob("*.ipynb"))
+    paths = sorted(p for p in Path(args.folder).rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
     if not paths:
         raise UsageError(f"no notebooks in {args.folder}")
     if args.sync:
         for path in paths:
             print(f"{path.name}: {'updated' if sync_notebook(path) else 'already in sync'}")
         return 0
+    if args.check:
+        print("\n".join(describe_links(paths)))
     problems = [problem for path in paths for problem in check_notebook(path)]
     print("\n".join(problems) or f"{len(paths)} notebooks point at {REPOSITORY}")
     return 1 if problems else 0
@@ -219,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--validation", action="store_true",
                        help="hold out the last 10,000 training images and report accuracy on them too")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default auto)")
+    train.add_argument("--threads", type=positive_int,
+                       help="CPU threads (default: every core, or one when the CPU is already busy)")
     train.add_argument("--root", type=data_root, help=root_help)
     train.add_argument("--out", type=Path, default=Path("runs"), help="folder for run folders (default ./runs)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar or per-epoch lines")
@@ -238,7 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"parameter budget to check (default {BUDGET})")
     summary.set_defaults(run=_summary)
 
-    colab = commands.add_parser("colab", help="check (or --sync) every notebook's Colab badge and setup cell")
+    colab = commands.add_parser("colab", help="check (or --sync) every notebook's Colab badge and first cells")
+    colab.add_argument("--check", action="store_true", help="also list every badge and install address")
     colab.add_argument("--sync", action="store_true", help="rewrite them from mnist_lesson/colab.py")
     colab.add_argument("--folder", default="notebooks", help="notebook folder (default ./notebooks)")
     colab.set_defaults(run=_colab)

@@ -1,16 +1,38 @@
-"""Colab links: the repository address, defined here once, and the badge and setup cell built from it.
+"""Colab: the repository address, defined here once, and what every notebook takes from it.
 
-A fork changes REPOSITORY (and BRANCH) below and runs `python -m mnist_lesson colab --sync`; a test
-fails while any notebook's badge or setup cell disagrees with this file.
+Most students open a notebook from its badge in Colab, alone, with no checkout next to it. So every
+notebook has the same first cells, built here: the badge, a setup cell that installs this package from
+the repository (and stops "Run all" with one clear error when that fails), and a device cell that says
+what the notebook runs on and, on a CPU, how long it took there when recorded. Every notebook's metadata
+asks Colab for a GPU runtime.
+
+A fork changes REPOSITORY (and BRANCH) below and runs `python -m mnist_lesson colab --sync`;
+`python -m mnist_lesson colab --check` lists every badge and install address and whether they agree.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 REPOSITORY = "mnist-lesson/mnist-under-20k"  # GitHub owner/name: the one place the address is written
 BRANCH = "main"
 SETUP_MARKER = "# Colab only:"
+DEVICE_MARKER = "# The device this notebook's stored outputs were produced on"
+# What Colab reads to offer a GPU runtime when it opens a notebook (and what it writes itself).
+COLAB_METADATA: dict[str, Any] = {"accelerator": "GPU", "colab": {"gpuType": "T4", "provenance": []}}
+
+
+def repository_url() -> str:
+    """Return the repository's web address."""
+    return f"https://github.com/{REPOSITORY}"
+
+
+def install_address() -> str:
+    """Return the pip requirement that installs the package from the repository."""
+    return f"mnist_lesson @ git+{repository_url()}@{BRANCH}"
 
 
 def badge(notebook: str, folder: str = "notebooks") -> str:
@@ -19,16 +41,71 @@ def badge(notebook: str, folder: str = "notebooks") -> str:
     return f"[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
 
 
-def setup_source() -> str:
-    """Return the first code cell of every notebook: installs the package in Colab, does nothing elsewhere."""
-    return (
-        f"{SETUP_MARKER} install the course's helper package. torch and torchvision stay as Colab has them\n"
-        "# (the package asks for torch>=2.2 and torchvision>=0.17). Anywhere else this cell does nothing.\n"
-        "import sys\n"
-        "\n"
-        "if \"google.colab\" in sys.modules:\n"
-        f"    %pip install -q \"mnist_lesson @ git+https://github.com/{REPOSITORY}@{BRANCH}\""
-    )
+def setup_source(requirement: str | None = None) -> str:
+    """Return the first code cell of every notebook: in Colab it installs the package and checks the import;
+    anywhere else it does nothing and prints nothing."""
+    requirement = requirement or install_address()
+    return "\n".join([
+        f"{SETUP_MARKER} install the course's helper package from the repository, then check that it imports.",
+        "# torch and torchvision stay as Colab has them. Anywhere else this cell does nothing.",
+        "import sys",
+        "",
+        'if "google.colab" in sys.modules:',
+        f'    %pip install -q "{requirement}"',
+        "    try:",
+        "        import mnist_lesson",
+        "    except ImportError as error:",
+        "        raise RuntimeError(",
+        '            "The course package did not install from "',
+        f'            "{requirement.split(" @ ")[-1]} (pip says why above). "',
+        '            "Check the repository address in mnist_lesson/colab.py (REPOSITORY, BRANCH), or upload the "',
+        '            "mnist_lesson folder to this runtime (Files pane), then run this cell again."',
+        "        ) from error",
+    ])
+
+
+def device_source(notebook: str) -> str:
+    """Return the second code cell of every notebook: the device, its threads and, on a CPU, the time to expect."""
+    return "\n".join([
+        "# NBVAL_IGNORE_OUTPUT",
+        f"{DEVICE_MARKER} (they are from one full run, top to bottom),",
+        "# and on a CPU how long a full run of this notebook took when it was recorded.",
+        "from mnist_lesson.colab import runtime_note",
+        "from mnist_lesson.runs import pick_device, set_cpu_threads",
+        "",
+        "device = pick_device()",
+        "set_cpu_threads()",
+        f"print(runtime_note({notebook!r}, device))",
+    ])
+
+
+def recorded_minutes(notebook: str) -> dict[str, float]:
+    """Return the recorded full-run minutes of `notebook` per device (evidence/notebook_times.json)."""
+    from mnist_lesson.results import evidence
+
+    path = evidence("notebook_times.json")
+    times = json.loads(path.read_text()) if path.exists() else {}
+    return {device: seconds[notebook] / 60 for device, seconds in times.items() if notebook in seconds}
+
+
+def runtime_note(notebook: str, device: Any) -> str:
+    """Return what this notebook runs on and, on a CPU, how long it took there when recorded and how to switch."""
+    import torch
+
+    from mnist_lesson.runs import describe_device
+
+    lines = [f"torch {torch.__version__}, running on {describe_device(device)}"]
+    if device.type != "cpu":
+        return lines[0]
+    cpu = {d: m for d, m in recorded_minutes(notebook).items() if d.startswith("cpu")}
+    if cpu:
+        label, minutes = max(cpu.items(), key=lambda item: item[1])
+        lines.append(f"No GPU: a full run of this notebook took {minutes:.1f} min on {label} when it was recorded; "
+                     "a slower or busier CPU takes longer.")
+    else:
+        lines.append("No GPU: this notebook's full-run time on a CPU has not been recorded.")
+    lines.append("In Colab, Runtime > Change runtime type > T4 GPU makes it faster (the notebook runs the same).")
+    return "\n".join(lines)
 
 
 def _folder(path: Path) -> str:
@@ -37,35 +114,65 @@ def _folder(path: Path) -> str:
     return "/".join(parts[parts.index("notebooks"):-1]) if "notebooks" in parts else "notebooks"
 
 
+def _code(nb: Any) -> list[Any]:
+    return [cell for cell in nb.cells if cell.cell_type == "code"]
+
+
 def check_notebook(path: Path) -> list[str]:
-    """Return what in a notebook's badge or setup cell disagrees with this module (empty when in sync)."""
-    import nbformat  # a development dependency: Colab users never call this
+    """Return what in a notebook's badge, setup cell, device cell or metadata disagrees with this module."""
+    import nbformat  # installed with the package's grading extra; Colab users never call this
 
     nb = nbformat.read(path, as_version=4)
     problems = []
-    if badge(path.name, _folder(path)) not in nb.cells[0].source.splitlines():
-        problems.append(f"{path.name}: the first cell lacks the badge {badge(path.name, _folder(path))}")
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    expected = badge(path.name, _folder(path))
+    if expected not in nb.cells[0].source.splitlines():
+        problems.append(f"{path.name}: the first cell lacks the badge {expected}")
+    code = _code(nb)
     if not code or code[0].source != setup_source():
         problems.append(f"{path.name}: the first code cell is not the Colab setup cell of mnist_lesson.colab")
+    if len(code) < 2 or code[1].source != device_source(path.name):
+        problems.append(f"{path.name}: the second code cell is not the device cell of mnist_lesson.colab")
+    if any(nb.metadata.get(key) != value for key, value in COLAB_METADATA.items()):
+        problems.append(f"{path.name}: the metadata does not ask Colab for a GPU runtime ({COLAB_METADATA})")
     return problems
 
 
 def sync_notebook(path: Path) -> bool:
-    """Rewrite the badge line and the setup cell of one notebook from this module; return True if it changed."""
+    """Rewrite the badge, the setup and device cells and the Colab metadata from this module; return if it changed."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     title = nb.cells[0].source.splitlines()
     badge_lines = [i for i, line in enumerate(title) if "colab-badge.svg" in line]
-    code = [cell for cell in nb.cells if cell.cell_type == "code"]
-    if not badge_lines or not code or not code[0].source.startswith(SETUP_MARKER):
-        raise ValueError(f"{path}: expected a badge line in the first cell and a first code cell starting with "
-                         f"{SETUP_MARKER!r}; add them by hand once, then sync")
+    code = _code(nb)
+    if not badge_lines or len(code) < 2 or not code[0].source.startswith(SETUP_MARKER) \
+            or DEVICE_MARKER not in code[1].source:
+        raise ValueError(f"{path}: expected a badge line in the first cell, a first code cell starting with "
+                         f"{SETUP_MARKER!r} and a second containing {DEVICE_MARKER!r}; add them by hand once, "
+                         "then sync")
+    before = nbformat.writes(nb)
     title[badge_lines[0]] = badge(path.name, _folder(path))
-    before = (nb.cells[0].source, code[0].source)
-    nb.cells[0].source, code[0].source = "\n".join(title), setup_source()
-    if (nb.cells[0].source, code[0].source) == before:
+    nb.cells[0].source = "\n".join(title)
+    code[0].source, code[1].source = setup_source(), device_source(path.name)
+    nb.metadata.update(COLAB_METADATA)
+    if nbformat.writes(nb) == before:
         return False
     nbformat.write(nb, path)
     return True
+
+
+def describe_links(paths: Iterable[Path]) -> list[str]:
+    """Return one line per notebook with its badge address and install address, and whether both point here."""
+    import nbformat
+
+    lines = [f"repository: {repository_url()} (branch {BRANCH}), from mnist_lesson/colab.py"]
+    for path in paths:
+        nb = nbformat.read(path, as_version=4)
+        found = [line for line in nb.cells[0].source.splitlines() if "colab-badge.svg" in line]
+        link = found[0].split("](")[-1].rstrip(")") if found else "no badge"
+        code = _code(nb)
+        setup = code[0].source if code else ""
+        installs = [line.split('"')[1] for line in setup.splitlines() if "%pip install" in line and '"' in line]
+        state = "ok   " if not check_notebook(path) else "STALE"
+        lines.append(f"{state} {path.name}: badge {link}; installs {installs[0] if installs else 'nothing'}")
+    return lines

@@ -1,4 +1,4 @@
-"""Figures for the notebooks: training curves from a History, and grids of digits.
+"""Figures for the notebooks: training curves and the schedule from a History, digits, results against size.
 
 Every function returns a matplotlib Figure that pyplot no longer tracks (closed before it is returned):
 a notebook shows it once, as the value of the cell; a script saves it with fig.savefig(); and figures
@@ -15,6 +15,7 @@ from matplotlib import pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
+from torch import nn
 
 from mnist_lesson.config import BUDGET, TARGET
 from mnist_lesson.receptive_field import LayerTable
@@ -25,23 +26,89 @@ Anchor = tuple[str, int, float, str]  # (label, parameters, test accuracy, where
 
 
 def plot_history(histories: History | Mapping[str, History], title: str = "") -> Figure:
-    """Return a figure of loss and accuracy per epoch (train dashed, test solid) for one or more runs."""
+    """Return loss and error per epoch for one or more runs: train (running) dashed, evaluated sets solid.
+
+    Error is 100 - accuracy, on a log axis, so the differences between 1% and 0.5% that matter here show.
+    """
     runs = {"": histories} if isinstance(histories, History) else dict(histories)
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (loss_ax, err_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    styles = {"test": "-", "val": "-.", "train_eval": ":"}
     for label, history in runs.items():
         epochs = history.column("epoch")
         prefix = f"{label} " if label else ""
-        line = loss_ax.plot(epochs, history.column("test_loss"), label=f"{prefix}test")[0]
-        loss_ax.plot(epochs, history.column("train_loss"), "--", color=line.get_color(), label=f"{prefix}train")
-        acc_ax.plot(epochs, history.column("test_acc"), color=line.get_color(), label=f"{prefix}test")
-        acc_ax.plot(epochs, history.column("train_acc"), "--", color=line.get_color(), label=f"{prefix}train")
+        color = None
+        for name, style in styles.items():
+            if history.epochs and f"{name}_acc" in history.epochs[0]:
+                line = loss_ax.plot(epochs, history.column(f"{name}_loss"), style, color=color,
+                                    label=f"{prefix}{name}")[0]
+                color = line.get_color()
+                err_ax.plot(epochs, [100 - a for a in history.column(f"{name}_acc")], style, color=color,
+                            label=f"{prefix}{name}")
+        loss_ax.plot(epochs, history.column("train_loss"), "--", color=color, label=f"{prefix}train (running)")
+        err_ax.plot(epochs, [100 - a for a in history.column("train_acc")], "--", color=color,
+                    label=f"{prefix}train (running)")
     loss_ax.set(xlabel="epoch", ylabel="loss", yscale="log", title="loss")
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
-    for ax in (loss_ax, acc_ax):
-        ax.grid(alpha=0.3)
+    err_ax.set(xlabel="epoch", ylabel="error = 100 - accuracy (%), log scale", yscale="log", title="error")
+    err_ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    for ax in (loss_ax, err_ax):
+        ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_schedule(history: History, title: str = "") -> Figure:
+    """Return the learning rate and momentum of every recorded step of a run, as it recorded them (notebook 07)."""
+    if not history.schedule.get("step"):
+        raise ValueError("this history recorded no schedule (it was saved before schedules were recorded)")
+    fig, lr_ax = plt.subplots(figsize=(8, 4))
+    steps = history.schedule["step"]
+    lr_ax.plot(steps, history.schedule["lr"], color="tab:blue", label="learning rate")
+    lr_ax.set(xlabel="training step (batch)", ylabel="learning rate", title=title or "the schedule, step by step")
+    momentum = [m if m is not None else float("nan") for m in history.schedule["momentum"]]
+    mom_ax = lr_ax.twinx()
+    mom_ax.plot(steps, momentum, color="tab:orange", label="momentum")
+    mom_ax.set_ylabel("momentum")
+    per_epoch = max(1, len(history.epochs) and steps[-1] // len(history.epochs))
+    for epoch in range(1, len(history.epochs)):
+        lr_ax.axvline(epoch * per_epoch, color="grey", linewidth=0.5, alpha=0.4)
+    lines = lr_ax.get_lines()[:1] + mom_ax.get_lines()
+    lr_ax.legend(lines, [line.get_label() for line in lines], loc="center right")
+    lr_ax.grid(alpha=0.3)
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
+def plot_params(model: nn.Module, limit: int = BUDGET, title: str = "") -> Figure:
+    """Return one bar per layer with parameters, coloured by kind, against the parameter budget (notebooks 01, 08)."""
+    from mnist_lesson.budget import KINDS, count_parameters, layer_kind
+    from mnist_lesson.receptive_field import layer_table
+
+    rows = [row for row in layer_table(model).rows if row.params]
+    kinds = [layer_kind(dict(model.named_modules())[row.name.split(" (call")[0]]) for row in rows]
+    palette = {kind: plt.get_cmap("tab10")(i) for i, kind in enumerate(dict.fromkeys([*KINDS, *kinds]))}
+    fig, (bar_ax, total_ax) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [4, 1]})
+    x = range(len(rows))
+    bar_ax.bar(x, [row.params for row in rows], color=[palette[k] for k in kinds])
+    bar_ax.set_xticks(list(x), [row.name for row in rows], rotation=90, fontsize="small")
+    bar_ax.set(ylabel="parameters", title=title or "parameters per layer")
+    bar_ax.grid(alpha=0.3, axis="y")
+    for kind in dict.fromkeys(kinds):
+        bar_ax.bar(0, 0, color=palette[kind], label=kind)
+    bar_ax.legend(fontsize="small")
+    total = count_parameters(model)
+    bottom = 0
+    for kind in dict.fromkeys(kinds):
+        share = sum(row.params for row, k in zip(rows, kinds, strict=True) if k == kind)
+        total_ax.bar(0, share, bottom=bottom, color=palette[kind])
+        bottom += share
+    total_ax.axhline(limit, color="tab:red", linestyle="--", label=f"budget: fewer than {limit:,}")
+    total_ax.set(xticks=[], title=f"total {total:,}", ylim=(0, max(limit, total) * 1.1))
+    total_ax.legend(fontsize="small", loc="upper center")
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -57,7 +124,7 @@ def show_digits(images: torch.Tensor, labels: Sequence[int] | torch.Tensor,
         ax.axis("off")
         if i >= len(images):
             continue
-        ax.imshow(images[i], cmap="gray_r")
+        ax.imshow(images[i].numpy(), cmap="gray_r")
         title = f"{int(labels[i])}" if predictions is None else f"true {int(labels[i])}\npred {int(predictions[i])}"
         ax.set_title(title, fontsize=8)
     fig.tight_layout()

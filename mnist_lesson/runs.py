@@ -8,6 +8,7 @@ notebook 00.
 from __future__ import annotations
 
 import hashlib
+import os
 import platform
 import random
 import re
@@ -73,6 +74,23 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def set_cpu_threads(threads: int | None = None) -> int:
+    """Set and return the number of threads torch computes with on the CPU.
+
+    `threads`, or by default every core unless the CPU is already busy with other work (its one-minute
+    load average at least the number of cores minus a half): then one, because on a shared 2-core CPU two
+    threads per process wait on each other and ran several times slower than one.
+    """
+    if threads is None:
+        cores = os.cpu_count() or 1
+        busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 0.5
+        threads = 1 if busy else cores
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UsageError(f"threads must be a whole number of at least 1, got {threads!r}")
+    torch.set_num_threads(threads)
+    return threads
 
 
 def describe_device(device: torch.device) -> str:

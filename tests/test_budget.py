@@ -129,7 +129,9 @@ def test_params_by_kind_splits_separable_rungs_and_plain_models() -> None:
     kinds = params_by_kind(get_model("under5k"))
     # first conv 72; depthwise 9 * (8 + 16 + 24 + 24 + 32) = 936; pointwise 8*16 + 16*24 + 24*24 + 24*32 + 32*40
     # = 3,136 plus the head's 400; BN 2 * (8 + 16 + 24 + 24 + 32 + 40) = 288
-    assert kinds == {"full kxk conv": 72, "depthwise conv": 936, "1x1 conv": 3_536, "normalization": 288, "other": 0}
+    assert kinds == {"full kxk conv": 72, "depthwise conv": 936, "1x1 conv": 3_536, "normalization": 288, "linear": 0,
+                     "other": 0}
+    assert params_by_kind(get_model("first"))["linear"] == 9_216 * 128 + 128 + 128 * 10 + 10
     assert sum(kinds.values()) == 4_832
     plain = params_by_kind(get_model("assignment"))
     assert plain["depthwise conv"] == 0 and sum(plain.values()) == 13_816

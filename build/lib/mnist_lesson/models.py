@@ -1,0 +1,322 @@
+"""The course's models, one definition each, in a registry shared by notebooks, CLI and tests.
+
+`MODELS` maps a name to a constructor and `RECIPES` maps the same name to the recipe the
+model is trained with by default (`python -m mnist_lesson train NAME`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from mnist_lesson.config import Augment, Recipe, UsageError
+
+MODELS: dict[str, Callable[[], nn.Module]] = {}
+RECIPES: dict[str, Recipe] = {}
+
+
+def register(name: str, recipe: Recipe) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
+    """Return a decorator that registers a model constructor under `name` with its default recipe."""
+
+    def decorator(constructor: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+        if name in MODELS:
+            raise ValueError(f"a model named {name!r} is already registered")
+        if constructor.__name__ != f"{name}_net":  # so a constructor never shadows an argument called like the model
+            raise ValueError(f"name the constructor of {name!r} {name}_net, not {constructor.__name__}")
+        MODELS[name] = constructor
+        RECIPES[name] = recipe
+        return constructor
+
+    return decorator
+
+
+def _unknown(name: str) -> UsageError:
+    return UsageError(f"no model named {name!r}; registered models: {', '.join(MODELS)}")
+
+
+def get_model(name: str) -> nn.Module:
+    """Return a freshly initialised instance of the registered model `name`."""
+    if name not in MODELS:
+        raise _unknown(name)
+    return MODELS[name]()
+
+
+def get_recipe(name: str) -> Recipe:
+    """Return the default training recipe of the registered model `name`."""
+    if name not in RECIPES:
+        raise _unknown(name)
+    return RECIPES[name]
+
+
+def conv_block(in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 0,
+               dropout: float = 0.0, batch_norm: bool = True) -> nn.Sequential:
+    """Return conv -> ReLU -> BatchNorm -> Dropout2d (the assignment's block); BN and dropout can be left out."""
+    layers: list[nn.Module] = [
+        # The assignment drops the conv bias when BN is on. In this order the bias still shifts what the ReLU
+        # cuts, so it is not strictly redundant (it would be if BN came straight after the conv); without BN
+        # the conv keeps its bias.
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=not batch_norm),
+        nn.ReLU(),
+    ]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_channels))
+    if dropout > 0:
+        layers.append(nn.Dropout2d(dropout))
+    return nn.Sequential(*layers)
+
+
+def transition_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequential:
+    """Return a 1x1 conv -> ReLU that squeezes channels, optionally followed by a 2x2 max-pool."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.ReLU()]
+    if pool:
+        layers.append(nn.MaxPool2d(2, 2))
+    return nn.Sequential(*layers)
+
+
+# The assignment trained through torchvision's DataLoader: `--data dataloader` repeats that exactly.
+ASSIGNMENT_RECIPE = Recipe(epochs=19, batch_size=128, lr=0.01, momentum=0.9)
+
+
+class AssignmentNet(nn.Module):
+    """The assignment's original model: 13,816 parameters, 1x1 transitions, BN, Dropout2d, GAP."""
+
+    def __init__(self, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(
+            conv_block(1, 8, padding=1, dropout=dropout),  # 28x28
+            conv_block(8, 16, padding=1, dropout=dropout),  # 28x28
+            conv_block(16, 24, dropout=dropout),  # 26x26
+        )
+        self.trans1 = transition_block(24, 8, pool=True)  # 13x13
+        self.conv2 = nn.Sequential(
+            conv_block(8, 16, dropout=dropout),  # 11x11
+            conv_block(16, 24, dropout=dropout),  # 9x9
+        )
+        self.trans2 = transition_block(24, 8, pool=False)  # 9x9
+        self.conv3 = nn.Sequential(
+            conv_block(8, 16, dropout=dropout),  # 7x7
+            conv_block(16, 16, dropout=dropout),  # 5x5
+        )
+        self.gap = nn.AvgPool2d(5)  # 1x1
+        self.head = nn.Sequential(
+            conv_block(16, 16, kernel_size=1, dropout=dropout),
+            nn.Conv2d(16, 10, 1, bias=False),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv3(self.trans2(self.conv2(self.trans1(self.conv1(x)))))
+        x = self.head(self.gap(x))
+        return torch.log_softmax(x.flatten(1), dim=1)
+
+
+@register("assignment", ASSIGNMENT_RECIPE)
+def assignment_net() -> nn.Module:
+    """Return the assignment's model (13,816 parameters), the course's starting point."""
+    return AssignmentNet()
+
+
+# --- the notebook series: one model per step --------------------------------------------------------
+
+FIRST_RECIPE = Recipe(epochs=1, batch_size=128, lr=0.01, momentum=0.9)
+STEP_RECIPE = Recipe(epochs=8, batch_size=128, lr=0.01, momentum=0.9)
+FINAL_RECIPE = Recipe(epochs=15, batch_size=64, lr=0.1, momentum=0.9, nesterov=True, schedule="onecycle",
+                      augment=Augment(rotation=7.0, shift=0.1))
+
+
+class FirstNet(nn.Module):
+    """Notebook 01: the large network most tutorials stop at (two convs, then a big fully connected layer)."""
+
+    def __init__(self, side: int = 28) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 3), nn.ReLU(),  # side - 2
+            nn.Conv2d(32, 64, 3), nn.ReLU(),  # side - 4
+            nn.MaxPool2d(2), nn.Dropout(0.25),  # (side - 4) / 2
+        )
+        flat = 64 * ((side - 4) // 2) ** 2  # 64 x 12 x 12 = 9,216 features for a 28x28 digit
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(flat, 128), nn.ReLU(), nn.Dropout(0.5), nn.Linear(128, 10), nn.LogSoftmax(dim=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class StepNet(nn.Module):
+    """Notebooks 02-07: one skeleton designed from the receptive field; each step switches on one idea.
+
+    squeeze: 1x1 transitions that cut 32 channels to 8 after each expanding block (notebook 03)
+    batch_norm: BatchNorm after every 3x3 conv (notebook 04)
+    dropout: Dropout2d probability after every 3x3 conv (notebook 05)
+    gap: global average pooling + 1x1 conv instead of a 4x4 conv as the last layer (notebook 06)
+    head_width: hidden 1x1 layer of this width after the average pool, 0 for none (notebook 07)
+    width: channels of the last 3x3 conv, the features the average pool summarizes (notebook 07)
+    """
+
+    def __init__(self, squeeze: bool = False, batch_norm: bool = False, dropout: float = 0.0, gap: bool = False,
+                 head_width: int = 0, width: int = 16) -> None:
+        super().__init__()
+
+        def block(c_in: int, c_out: int, padding: int = 0) -> nn.Sequential:
+            return conv_block(c_in, c_out, padding=padding, dropout=dropout, batch_norm=batch_norm)
+
+        squeezed = 8 if squeeze else 32
+        # Comments: output side, receptive field (RF) in input pixels.
+        self.block1 = nn.Sequential(block(1, 8, padding=1), block(8, 16), block(16, 32))  # 24, RF 7
+        squeeze1 = [transition_block(32, 8, pool=False)] if squeeze else []
+        self.trans1 = nn.Sequential(*squeeze1, nn.MaxPool2d(2))  # 12, RF 8
+        self.block2 = nn.Sequential(block(squeezed, 16), block(16, 32))  # 8, RF 16
+        self.trans2 = transition_block(32, 8, pool=False) if squeeze else nn.Identity()
+        self.block3 = nn.Sequential(block(squeezed, 16), block(16, width))  # 4, RF 24
+        if not gap:
+            self.head = nn.Conv2d(width, 10, 4)  # 1, RF 30: one big kernel over the whole 4x4 map
+        elif head_width:
+            hidden = conv_block(width, head_width, kernel_size=1, batch_norm=batch_norm)
+            self.head = nn.Sequential(nn.AvgPool2d(4), hidden, nn.Conv2d(head_width, 10, 1, bias=False))
+        else:
+            self.head = nn.Sequential(nn.AvgPool2d(4), nn.Conv2d(width, 10, 1, bias=False))  # 1, RF 30
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.block3(self.trans2(self.block2(self.trans1(self.block1(x)))))
+        return torch.log_softmax(self.head(x).flatten(1), dim=1)
+
+
+@register("first", FIRST_RECIPE)
+def first_net() -> nn.Module:
+    """Return the large first network of notebook 01 (1.2M parameters)."""
+    return FirstNet()
+
+
+@register("skeleton", STEP_RECIPE)
+def skeleton_net() -> nn.Module:
+    """Return the receptive-field skeleton of notebook 02: 3x3 convs, one max-pool, a 4x4 last conv."""
+    return StepNet()
+
+
+@register("transitions", STEP_RECIPE)
+def transitions_net() -> nn.Module:
+    """Return notebook 03's model: the skeleton with 1x1 transitions that squeeze 32 channels to 8."""
+    return StepNet(squeeze=True)
+
+
+@register("batchnorm", STEP_RECIPE)
+def batchnorm_net() -> nn.Module:
+    """Return notebook 04's model: transitions plus BatchNorm after every 3x3 conv."""
+    return StepNet(squeeze=True, batch_norm=True)
+
+
+@register("dropout", STEP_RECIPE)
+def dropout_net() -> nn.Module:
+    """Return notebook 05's model: batchnorm plus Dropout2d(0.1) after every 3x3 conv."""
+    return StepNet(squeeze=True, batch_norm=True, dropout=0.1)
+
+
+@register("gap", STEP_RECIPE)
+def gap_net() -> nn.Module:
+    """Return notebook 06's model: dropout with global average pooling in place of the 4x4 last conv."""
+    return StepNet(squeeze=True, batch_norm=True, dropout=0.1, gap=True)
+
+
+@register("final", FINAL_RECIPE)
+def final_net() -> nn.Module:
+    """Return notebook 07's final model: gap with 24 pooled features and a 32-wide 1x1 layer after the pool."""
+    return StepNet(squeeze=True, batch_norm=True, dropout=0.05, gap=True, head_width=32, width=24)
+
+
+# --- notebook 08: the parameter ladder ------------------------------------------------------------------
+
+def separable_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Return a depthwise 3x3 conv (one filter per channel) -> pointwise 1x1 conv -> ReLU -> BatchNorm."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, in_channels, 3, groups=in_channels, bias=False),
+        nn.Conv2d(in_channels, out_channels, 1, bias=False),
+        nn.ReLU(),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+class LadderNet(nn.Module):
+    """Notebook 08: the final model's layout with every width a parameter, to walk down the parameter ladder.
+
+    block1: widths of the 3x3 convs before the max-pool (the first is padded, the rest are not)
+    squeeze: width of the 1x1 transition after the pool (0 for none)
+    block2: widths of the 3x3 convs after the pool, then global average pooling and a 1x1 conv to the classes
+    separable: block2 uses depthwise-separable convs (a 3x3 filter per channel, then a 1x1 mix)
+    separable_block1: so do block1's convs after the first (which sees one channel and stays plain)
+    """
+
+    def __init__(self, block1: tuple[int, ...], squeeze: int, block2: tuple[int, ...], separable: bool = False,
+                 separable_block1: bool = False) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 1
+        for i, width in enumerate(block1):
+            if i > 0 and separable_block1:
+                layers.append(separable_block(channels, width))
+            else:
+                layers.append(conv_block(channels, width, padding=1 if i == 0 else 0))
+            channels = width
+        layers.append(nn.MaxPool2d(2))
+        if squeeze:
+            layers.append(transition_block(channels, squeeze, pool=False))
+            channels = squeeze
+        for width in block2:
+            layers.append(separable_block(channels, width) if separable else conv_block(channels, width))
+            channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 10, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.head(self.features(x)).flatten(1), dim=1)
+
+
+class PyramidNet(nn.Module):
+    """Notebook 08: a stepped pyramid. Padded 3x3 convs keep each stage's size; a max-pool halves it between stages.
+
+    Cheap narrow convs work at full resolution, and most parameters sit in the widest, last stage at 7x7.
+    stages: the widths of each stage's convs, e.g. ((4, 4), (8, 8), (16, 16)) for 28x28, 14x14 and 7x7
+    """
+
+    def __init__(self, stages: tuple[tuple[int, ...], ...]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 1
+        for i, widths in enumerate(stages):
+            if i > 0:
+                layers.append(nn.MaxPool2d(2))
+            for width in widths:
+                layers.append(conv_block(channels, width, padding=1))
+                channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Conv2d(channels, 10, 1, bias=False), nn.AdaptiveAvgPool2d(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.head(self.features(x)).flatten(1), dim=1)
+
+
+# The ladder trains like the final model, but with batches of 32: twice the updates in the same 15 epochs.
+LADDER_RECIPE = FINAL_RECIPE.with_overrides(batch_size=32)
+
+
+@register("under8k", LADDER_RECIPE)
+def under8k_net() -> nn.Module:
+    """Return the ladder's first rung (6,920 parameters): depthwise-separable convolutions after the first."""
+    return LadderNet((8, 16, 32), 0, (32, 40, 48), separable=True, separable_block1=True)
+
+
+@register("under5k", LADDER_RECIPE)
+def under5k_net() -> nn.Module:
+    """Return the ladder's second rung (4,832 parameters): depthwise-separable convolutions after the first."""
+    return LadderNet((8, 16, 24), 0, (24, 32, 40), separable=True, separable_block1=True)
+
+
+@register("under3762", LADDER_RECIPE)
+def under3762_net() -> nn.Module:
+    """Return the ladder's stretch rung (3,736 parameters): under5k with narrower early and middle layers."""
+    return LadderNet((8, 12, 18), 0, (18, 28, 40), separable=True, separable_block1=True)
+
+
+# The ladder's rungs, each with the parameter count it must stay under.
+LADDER: dict[str, int] = {"under8k": 8_000, "under5k": 5_000, "under3762": 3_762}

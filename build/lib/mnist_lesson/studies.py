@@ -1,0 +1,163 @@
+"""Design studies: designs (a model and its recipe) compared over several seeds on the validation split.
+
+Every design choice of the course is judged here, on the last 10,000 training images, never on the test
+set: `benchmarks/design.py STUDY` trains each design of a study for several seeds and appends every run
+to `evidence/design_runs.jsonl` (a design that appears in two studies is run once); `summarize_study`
+turns the runs into one figure per design (validation accuracy, mean of the last 3 epochs, per seed) and
+`compare` says whether a difference is larger than the seed-to-seed noise. Introduced in notebook 02;
+notebook 07's ablation is the study "ablation".
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from mnist_lesson.config import LAST_EPOCHS, Augment, Recipe
+from mnist_lesson.models import FINAL_RECIPE, MODELS, RECIPES, STEP_RECIPE, AssignmentNet, StepNet
+from mnist_lesson.results import evidence
+
+STANDARD_THREADS = 1  # studies run one torch thread per process (two processes share the 2-core CPU)
+
+
+@dataclass(frozen=True)
+class Design:
+    """One design to compare: how to build the model, the recipe it trains with, and what it changes."""
+
+    key: str  # names the design in the results file; the same key in two studies is the same design
+    label: str  # what a reader sees, e.g. "+ augmentation"
+    build: Callable[[], nn.Module]
+    recipe: Recipe
+
+
+def registered(name: str, label: str) -> Design:
+    """Return the design of a registered model with its own recipe."""
+    return Design(name, label, MODELS[name], RECIPES[name])
+
+
+_BASE = dict(squeeze=True, batch_norm=True, gap=True)  # notebook 06's network, without its dropout rate
+_AUGMENT = Augment(rotation=7.0, shift=0.1)
+_ONECYCLE = dict(lr=0.1, nesterov=True, schedule="onecycle")
+
+# From notebook 06's network and recipe to the final model, one change at a time, and two controls.
+ABLATION: tuple[Design, ...] = (
+    registered("gap", "06: global average pooling (step recipe)"),
+    Design("width24", "+ 24 features before the pool", partial(StepNet, **_BASE, dropout=0.1, width=24), STEP_RECIPE),
+    Design("head32", "+ a 32-wide 1x1 layer after the pool",
+           partial(StepNet, **_BASE, dropout=0.1, width=24, head_width=32), STEP_RECIPE),
+    Design("augment", "+ augmentation (rotate up to 7 degrees, shift up to 10%)",
+           partial(StepNet, **_BASE, dropout=0.1, width=24, head_width=32),
+           STEP_RECIPE.with_overrides(augment=_AUGMENT)),
+    Design("onecycle", "+ one-cycle schedule to lr 0.1, Nesterov momentum",
+           partial(StepNet, **_BASE, dropout=0.1, width=24, head_width=32),
+           STEP_RECIPE.with_overrides(augment=_AUGMENT, **_ONECYCLE)),
+    Design("batch64", "+ batches of 64 instead of 128",
+           partial(StepNet, **_BASE, dropout=0.1, width=24, head_width=32),
+           STEP_RECIPE.with_overrides(augment=_AUGMENT, **_ONECYCLE, batch_size=64)),
+    Design("epochs15", "+ 15 epochs instead of 8",
+           partial(StepNet, **_BASE, dropout=0.1, width=24, head_width=32),
+           STEP_RECIPE.with_overrides(augment=_AUGMENT, **_ONECYCLE, batch_size=64, epochs=15)),
+    registered("final", "+ dropout 0.05 instead of 0.1: the final model"),
+    Design("assignment-final-recipe", "control: the assignment's model with the final recipe", AssignmentNet,
+           FINAL_RECIPE),
+    Design("gap-final-recipe", "control: notebook 06's model with the final recipe", MODELS["gap"], FINAL_RECIPE),
+)
+
+STUDIES: dict[str, tuple[Design, ...]] = {
+    # Steps 02-06 of the series, each with its own recipe: what each idea changes.
+    "steps": tuple(registered(name, label) for name, label in [
+        ("skeleton", "02: receptive-field skeleton"), ("transitions", "03: + 1x1 transitions"),
+        ("batchnorm", "04: + batch normalization"), ("dropout", "05: + dropout"),
+        ("gap", "06: + global average pooling")]),
+    "ablation": ABLATION,
+}
+
+
+def get_design(study: str, key: str) -> Design:
+    """Return the design `key` of `study`."""
+    for design in STUDIES[study]:
+        if design.key == key:
+            return design
+    raise KeyError(f"study {study!r} has no design {key!r}; it has {[d.key for d in STUDIES[study]]}")
+
+
+RUNS_FILE = "design_runs.jsonl"
+
+
+def read_runs(path: Path | None = None) -> list[dict[str, Any]]:
+    """Return every recorded design run (an empty list when nothing is recorded)."""
+    path = evidence(RUNS_FILE) if path is None else path
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_figure(run: dict[str, Any], key: str = "val_acc") -> float:
+    """Return a run's figure: the mean of its last epochs' validation accuracy (less jumpy than one epoch)."""
+    return statistics.mean(epoch[key] for epoch in run["epochs"][-LAST_EPOCHS:])
+
+
+@dataclass(frozen=True)
+class DesignSummary:
+    """One design of a study in figures: per seed, the mean validation accuracy of its last epochs."""
+
+    key: str
+    label: str
+    params: int
+    figures: dict[int, float]  # seed -> validation accuracy, mean of the last LAST_EPOCHS epochs
+    test_figures: dict[int, float]  # the same for the test set, shown but never used to choose
+
+    @property
+    def mean(self) -> float:
+        """The mean over seeds."""
+        return statistics.mean(self.figures.values())
+
+    @property
+    def low(self) -> float:
+        """The worst seed."""
+        return min(self.figures.values())
+
+    @property
+    def high(self) -> float:
+        """The best seed."""
+        return max(self.figures.values())
+
+    @property
+    def seeds(self) -> int:
+        """How many seeds were run."""
+        return len(self.figures)
+
+
+def summarize_study(study: str, runs: Sequence[dict[str, Any]] | None = None,
+                    threads: int = STANDARD_THREADS) -> list[DesignSummary]:
+    """Return one summary per design of `study` that has runs, in the study's order (runs at `threads` only)."""
+    runs = read_runs() if runs is None else runs
+    summaries = []
+    for design in STUDIES[study]:
+        mine = sorted((r for r in runs if r["key"] == design.key and r["threads"] == threads), key=lambda r: r["seed"])
+        if mine:
+            summaries.append(DesignSummary(design.key, design.label, mine[0]["params"],
+                                           {r["seed"]: run_figure(r) for r in mine},
+                                           {r["seed"]: run_figure(r, "test_acc") for r in mine}))
+    return summaries
+
+
+def compare(before: DesignSummary, after: DesignSummary) -> str:
+    """Return how `after` differs from `before` on validation, and whether that is larger than the seed noise.
+
+    The rule is deliberately plain: a difference counts only when every seed of one design beats every
+    seed of the other (the ranges do not overlap); otherwise it is within the noise.
+    """
+    delta = after.mean - before.mean
+    clear = after.low > before.high or after.high < before.low
+    verdict = ("larger than the seed-to-seed noise" if clear
+               else "within the seed-to-seed noise (no measurable difference)")
+    return (f"{delta:+.2f} points ({before.mean:.2f} -> {after.mean:.2f}, mean of {after.seeds} seeds; ranges "
+            f"{before.low:.2f}-{before.high:.2f} and {after.low:.2f}-{after.high:.2f}): {verdict}")

@@ -1,0 +1,112 @@
+"""Every markdown table of figures the course shows: notebooks print them, the README embeds them.
+
+Each function takes results (summaries, or the folder of results files) and returns markdown, so a
+figure can never be typed by hand. `benchmarks/readme_tables.py` writes them into the README.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+
+from mnist_lesson.config import LAST_EPOCHS, TARGET
+from mnist_lesson.results import RunSummary, SeedsSummary, claim_holds, seeds_label, steady_seconds, summarize_seeds
+
+
+def _accs(values: Sequence[float]) -> str:
+    return ", ".join(f"{a:.2f}" for a in values)
+
+
+def steps_table(summaries: Sequence[RunSummary]) -> str:
+    """Return a markdown table of recorded runs: parameters, final RF, best and last-3 accuracy, time, device."""
+    from mnist_lesson.models import MODELS, get_model
+    from mnist_lesson.receptive_field import layer_table
+
+    rows = [f"| model | parameters | RF | best test acc | last {LAST_EPOCHS} epochs | epochs | s/epoch | device |",
+            "|---|---:|---:|---:|---|---:|---:|---|"]
+    for s in summaries:
+        rf = layer_table(get_model(s.model)).final_rf if s.model in MODELS else "?"
+        rows.append(f"| {s.model} | {s.params:,} | {rf} | {s.best_acc:.2f} | {_accs(s.last_accs)} | {s.epochs} "
+                    f"| {s.seconds_per_epoch:.1f} | {s.device} |")
+    return "\n".join(rows)
+
+
+def seeds_table(summaries: Sequence[SeedsSummary]) -> str:
+    """Return a markdown table of multi-seed results: seeds passing, worst and per-seed last-epoch minima."""
+    rows = [f"| model | parameters | epochs | seeds with all last {LAST_EPOCHS} >= {TARGET:.2f} "
+            f"| worst of the last {LAST_EPOCHS} | lowest of the last {LAST_EPOCHS}, per seed | device |",
+            "|---|---:|---:|---:|---:|---|---|"]
+    for s in summaries:
+        per_seed = _accs([low for _, low in sorted(s.seed_mins.items())])
+        rows.append(f"| {s.model} | {s.params:,} | {s.epochs} | {s.passing} of {len(s.last_accs)} | {s.worst:.2f} "
+                    f"| {per_seed} | {s.device} |")
+    return "\n".join(rows)
+
+
+def seed_runs_table(paths: Sequence[Path]) -> str:
+    """Return a markdown table with one row per seed of every multi-seed file: last epochs, verdict, time."""
+    rows = [f"| model | parameters | seed | last {LAST_EPOCHS} epochs (test acc %) | all >= {TARGET:.2f} | best "
+            "| s/run | device |", "|---|---:|---:|---|---|---:|---:|---|"]
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for run in sorted(data["runs"], key=lambda run: run["seed"]):
+            verdict = "yes" if claim_holds(run["test_acc"]) else "NO"
+            rows.append(f"| {seeds_label(data)} | {data['params']:,} | {run['seed']} "
+                        f"| {_accs(run['test_acc'][-LAST_EPOCHS:])} | {verdict} "
+                        f"| {max(run['test_acc']):.2f} | {run['seconds']:.0f} | {run['device']} |")
+    return "\n".join(rows)
+
+
+def ladder_table(paths: Sequence[Path]) -> str:
+    """Return the summary of multi-seed files, largest model first: seeds passing, worst epoch."""
+    return seeds_table(sorted((summarize_seeds(path) for path in paths), key=lambda s: -s.params))
+
+
+def trials_table(path: Path) -> str:
+    """Return a markdown table of the single-seed trials in a JSON-lines file written by benchmarks/trials.py."""
+    rows = [f"| trial | parameters | architecture | recipe change | seed | last {LAST_EPOCHS} epochs "
+            "| train acc, last epoch |", "|---|---:|---|---|---:|---|---:|"]
+    for line in Path(path).read_text().splitlines():
+        trial = json.loads(line)
+        spec = ", ".join(f"{key}={value}" for key, value in trial["spec"].items())
+        change = ", ".join(f"{key}={value}" for key, value in trial["recipe_changes"].items()) or "none"
+        rows.append(f"| {trial['name']} | {trial['params']:,} | {trial['class']}({spec}) | {change} | {trial['seed']} "
+                    f"| {_accs(trial['test_acc'][-LAST_EPOCHS:])} | {trial['train_acc'][-1]:.2f} |")
+    return "\n".join(rows)
+
+
+def speed_table(paths: Sequence[Path]) -> str:
+    """Return the markdown table of the speed benchmark (benchmarks/speed.py): per device, each configuration."""
+    if not paths:
+        return "Not measured yet: run `python benchmarks/speed.py`."
+    rows = ["| device | model | configuration | runs | epochs per run | run s (data loading included) "
+            "| s/epoch after the first | vs the assignment's DataLoader | test acc after the run |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        base = statistics.median(steady_seconds(run["epochs"]) for run in data["runs"][data["baseline"]])
+        for name, runs in data["runs"].items():
+            epoch = statistics.median(steady_seconds(run["epochs"]) for run in runs)
+            wall = statistics.median(run["wall"] for run in runs)
+            rows.append(f"| {data['device']} | {data['model']} | {name} | {len(runs)} | {data['epochs']} | {wall:.1f} "
+                        f"| {epoch:.2f} | {epoch / base:.2f}x | {_accs([run['test_acc'] for run in runs])} |")
+    return "\n".join(rows)
+
+
+def notebook_times_table(path: Path) -> str:
+    """Return the markdown table of full-run wall times per notebook and device (benchmarks/run_notebooks.py)."""
+    times = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+    devices = sorted(times)
+    if not devices:
+        return "Not measured yet: run `python benchmarks/run_notebooks.py`."
+    rows = ["| notebook | " + " | ".join(f"minutes on {d}" for d in devices) + " |",
+            "|---|" + "---:|" * len(devices)]
+    names = sorted({name for per_device in times.values() for name in per_device})
+    for name in names:
+        cells = [f"{times[d][name] / 60:.1f}" if name in times[d] else "not measured" for d in devices]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    totals = [f"{sum(times[d].values()) / 60:.1f}" for d in devices]
+    rows.append("| all notebooks | " + " | ".join(totals) + " |")
+    return "\n".join(rows)
