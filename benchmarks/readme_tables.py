@@ -26,11 +26,11 @@ README = REPO / "README.md"
 
 def _trial_last(name: str, seed: int) -> list[float]:
     """One recorded trial's last test accuracies."""
-    for line in (RESULTS / "ladder_trials.jsonl").read_text().splitlines():
+    for line in (RESULTS / "legacy" / "ladder_trials_test_judged.jsonl").read_text().splitlines():
         trial = json.loads(line)
         if trial["name"] == name and trial["seed"] == seed:
             return trial["test_acc"][-LAST_EPOCHS:]
-    raise KeyError(f"no trial {name!r} with seed {seed} in ladder_trials.jsonl")
+    raise KeyError(f"no trial {name!r} with seed {seed} in legacy/ladder_trials_test_judged.jsonl")
 
 
 def _span(name: str, seed: int) -> str:

@@ -1,4 +1,4 @@
-"""Exploratory single-seed trials behind notebook 08's parameter ladder: one architecture, one recipe change.
+"""Ladder trials on the validation split: one architecture, one recipe change, one seed per call.
 
     python benchmarks/trials.py NAME CLASS SPEC [--recipe JSON] [--seed 0] [--threads 1]
     python benchmarks/trials.py b32 LadderNet '{"block1": [8, 10, 12], "squeeze": 8, "block2": [10, 10, 12]}' \
@@ -6,9 +6,11 @@
 
 CLASS is LadderNet or PyramidNet from mnist_lesson.models, SPEC its keyword arguments as JSON, and --recipe
 changes fields of the final model's recipe (augmentation as a whole: '{"augment": {"rotation": 7, "shift": 0.05}}').
-Each trial appends one line (the full per-epoch test and train accuracy) to
-mnist_lesson/evidence/ladder_trials.jsonl. Trials are one seed each: they pick what to verify, and
-only benchmarks/seeds.py (five seeds, last three epochs) makes a claim.
+Each trial trains on the first 50,000 training images and appends one line (per epoch: validation, test and
+training figures) to mnist_lesson/evidence/ladder_trials.jsonl. Trials are judged on validation accuracy only;
+the test figures are recorded beside them and never used to choose. Only benchmarks/seeds.py (several seeds,
+last three epochs, all 60,000 training images) makes a claim. The first trials of the ladder, judged on the test
+set, are kept apart in mnist_lesson/evidence/legacy/ladder_trials_test_judged.jsonl.
 """
 
 from __future__ import annotations
@@ -49,15 +51,17 @@ def main() -> int:
 
     recipe = Recipe.from_dict({**FINAL_RECIPE.to_dict(), **args.recipe})
     device = pick_device("cpu")
-    _, history = train_recipe(build, recipe, device=device, seed=args.seed, progress=False, smoke=False)
+    _, history = train_recipe(build, recipe, device=device, seed=args.seed, progress=False, smoke=False,
+                              validation=True)
     record = {"name": args.name, "class": args.cls, "spec": args.spec, "recipe_changes": args.recipe,
               "seed": args.seed, "params": count_parameters(build()), "device": describe_device(device),
-              "test_acc": history.column("test_acc"), "train_acc": history.column("train_acc"),
-              "seconds": history.column("seconds")}
+              "code": history.meta["code"], "date": history.meta["date"], "judged_on": "val",
+              "val_acc": history.column("val_acc"), "test_acc": history.column("test_acc"),
+              "train_acc": history.column("train_acc"), "seconds": history.column("seconds")}
     with open(args.out, "a") as out:
         out.write(json.dumps(record) + "\n")
-    print(f"{args.name}: {record['params']:,} parameters, last 3 epochs "
-          f"{', '.join(f'{a:.2f}' for a in record['test_acc'][-3:])}")
+    print(f"{args.name}: {record['params']:,} parameters, validation accuracy in the last 3 epochs "
+          f"{', '.join(f'{a:.2f}' for a in record['val_acc'][-3:])}")
     return 0
 
 

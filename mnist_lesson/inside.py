@@ -157,8 +157,9 @@ def erf_share(erf: torch.Tensor, box: RFBox, fraction: float = 0.5) -> tuple[int
 # --- feature maps and activation statistics ------------------------------------------------------------
 
 
-def block_outputs(model: nn.Module, image: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Return the output of every block (`blocks`) with a spatial map for one image [1, H, W] (eval mode)."""
+def block_outputs(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Return the output [N, C, h, w] of every block (`blocks`) with a spatial map, for images [N, 1, H, W] or one
+    image [1, H, W] (eval mode, no gradients)."""
     outputs: dict[str, torch.Tensor] = {}
     handles = [child.register_forward_hook(lambda module, args, out, name=name: outputs.__setitem__(name, out))
                for name, child in blocks(model)]
@@ -166,17 +167,17 @@ def block_outputs(model: nn.Module, image: torch.Tensor) -> dict[str, torch.Tens
     model.eval()
     try:
         with torch.no_grad():
-            model(image.reshape(1, *image.shape[-3:]).float())
+            model(images.reshape(-1, *images.shape[-3:]).float())
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return {name: out[0] for name, out in outputs.items() if out.dim() == 4 and out.shape[-1] > 1}
+    return {name: out for name, out in outputs.items() if out.dim() == 4 and out.shape[-1] > 1}
 
 
 def plot_feature_maps(model: nn.Module, image: torch.Tensor, channels: int = 6, title: str = "") -> Figure:
     """Return a grid: one row per block with a spatial output, its first `channels` feature maps for one digit."""
-    outputs = block_outputs(model, image)
+    outputs = {name: out[0] for name, out in block_outputs(model, image.reshape(1, *image.shape[-2:])).items()}
     fig, axes = plt.subplots(len(outputs) + 1, channels, figsize=(channels * 1.4, (len(outputs) + 1) * 1.5),
                              squeeze=False)
     for ax in axes.flat:

@@ -20,6 +20,7 @@ from torch import nn
 from mnist_lesson.config import BUDGET, TARGET
 from mnist_lesson.receptive_field import LayerTable
 from mnist_lesson.results import RunSummary, SeedsSummary
+from mnist_lesson.studies import DesignSummary
 from mnist_lesson.train import History
 
 Anchor = tuple[str, int, float, str]  # (label, parameters, test accuracy, where it is published)
@@ -114,6 +115,23 @@ def plot_params(model: nn.Module, limit: int = BUDGET, title: str = "") -> Figur
     return fig
 
 
+def plot_study(summaries: Sequence[DesignSummary], title: str = "") -> Figure:
+    """Return each design's validation figure per seed (dots) and mean (bar), zoomed to where they differ."""
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(summaries)), 4.5))
+    for i, s in enumerate(summaries):
+        ax.hlines(s.mean, i - 0.3, i + 0.3, color="tab:blue", linewidth=2)
+        ax.scatter([i] * s.seeds, list(s.figures.values()), color="tab:blue", alpha=0.6, zorder=3)
+    values = [v for s in summaries for v in s.figures.values()]
+    pad = max(0.05, 0.1 * (max(values) - min(values)))
+    ax.set_ylim(min(values) - pad, max(values) + pad)
+    ax.set_xticks(range(len(summaries)), [s.label for s in summaries], rotation=25, ha="right", fontsize="small")
+    ax.set(ylabel="validation accuracy (%), mean of the last epochs", title=title or "designs over seeds")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
+
+
 def show_digits(images: torch.Tensor, labels: Sequence[int] | torch.Tensor,
                 predictions: Sequence[int] | torch.Tensor | None = None, ncols: int = 10) -> Figure:
     """Return a grid of digits titled with their label (and prediction, when given)."""
@@ -153,16 +171,23 @@ def plot_receptive_field(table: LayerTable, ax: Axes | None = None) -> Figure:
 
 
 def plot_generalization_gap(histories: Mapping[str, History]) -> Figure:
-    """Return a figure of train minus test accuracy per epoch for each run (notebook 05)."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """Return training minus validation accuracy per epoch, two ways: the running accuracy of the training batches
+    (augmented, dropout on, weights still changing) and the accuracy on a fixed training subset in eval mode
+    (the model as it is tested), for each run (notebooks 01 and 05)."""
+    fig, (running_ax, eval_ax) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for label, history in histories.items():
-        pairs = zip(history.column("train_acc"), history.column("test_acc"), strict=True)
-        gap = [train - test for train, test in pairs]
-        ax.plot(history.column("epoch"), gap, marker="o", label=label)
-    ax.axhline(0, color="grey", linewidth=1)
-    ax.set(xlabel="epoch", ylabel="train acc - test acc (points)", title="generalization gap")
-    ax.grid(alpha=0.3)
-    ax.legend()
+        epochs, val = history.column("epoch"), history.column("val_acc")
+        line = running_ax.plot(epochs, [a - v for a, v in zip(history.column("train_acc"), val, strict=True)],
+                                marker="o", label=label)[0]
+        eval_ax.plot(epochs, [a - v for a, v in zip(history.column("train_eval_acc"), val, strict=True)],
+                     marker="o", color=line.get_color(), label=label)
+    running_ax.set(xlabel="epoch", ylabel="training minus validation accuracy (points)",
+                   title="running, over the training batches (train mode)")
+    eval_ax.set(xlabel="epoch", title="a fixed training subset in eval mode")
+    for ax in (running_ax, eval_ax):
+        ax.axhline(0, color="grey", linewidth=1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
     fig.tight_layout()
     plt.close(fig)
     return fig

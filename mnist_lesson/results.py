@@ -60,6 +60,19 @@ def record_run(name: str, history: History, folder: Path | None = None) -> Path 
     return path
 
 
+def recorded_run(name: str) -> History | None:
+    """Return the recorded full run of a step's model (evidence/steps/NAME.json), or None when there is none."""
+    path = evidence("steps", f"{name}.json")
+    return History.from_dict(json.loads(path.read_text())) if path.exists() else None
+
+
+def recorded_label(meta: Mapping[str, Any]) -> str:
+    """Return how a recorded result is labelled in notebooks: "recorded on DEVICE, DATE, code VERSION"."""
+    parts = [f"recorded on {meta.get('device', 'an unrecorded device')}"]
+    parts += [str(meta[key]) if key == "date" else f"code {meta[key]}" for key in ("date", "code") if meta.get(key)]
+    return ", ".join(parts)
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """The figures a results table shows for one recorded run."""

@@ -23,6 +23,7 @@ from torch import nn
 from mnist_lesson.config import LAST_EPOCHS, Augment, Recipe
 from mnist_lesson.models import FINAL_RECIPE, MODELS, RECIPES, STEP_RECIPE, AssignmentNet, StepNet
 from mnist_lesson.results import evidence
+from mnist_lesson.train import History
 
 STANDARD_THREADS = 1  # studies run one torch thread per process (two processes share the 2-core CPU)
 
@@ -161,3 +162,46 @@ def compare(before: DesignSummary, after: DesignSummary) -> str:
                else "within the seed-to-seed noise (no measurable difference)")
     return (f"{delta:+.2f} points ({before.mean:.2f} -> {after.mean:.2f}, mean of {after.seeds} seeds; ranges "
             f"{before.low:.2f}-{before.high:.2f} and {after.low:.2f}-{after.high:.2f}): {verdict}")
+
+
+def design_histories(key: str, runs: Sequence[dict[str, Any]] | None = None,
+                     threads: int = STANDARD_THREADS) -> dict[int, History]:
+    """Return the recorded runs of one design as Histories, by seed."""
+    runs = read_runs() if runs is None else runs
+    return {run["seed"]: History([dict(e) for e in run["epochs"]], {"device": run["device"], "code": run["code"],
+                                                                    "date": run["date"], "params": run["params"]})
+            for run in sorted(runs, key=lambda r: r["seed"]) if run["key"] == key and run["threads"] == threads}
+
+
+@dataclass(frozen=True)
+class Noise:
+    """How much a design's figure moves when nothing about the design changes."""
+
+    seed_spread: float  # median over designs of (best seed - worst seed), validation, mean of the last epochs
+    thread_delta: float | None  # |1 thread - 2 threads| for the same design and seed, largest seen; None if unmeasured
+    thread_pairs: int  # how many same-seed pairs measured it
+
+
+def measure_noise(runs: Sequence[dict[str, Any]] | None = None) -> Noise:
+    """Return the run-to-run noise of the recorded design runs: across seeds, and across thread counts."""
+    runs = read_runs() if runs is None else runs
+    by_design: dict[str, dict[int, float]] = {}
+    for run in runs:
+        if run["threads"] == STANDARD_THREADS:
+            by_design.setdefault(run["key"], {})[run["seed"]] = run_figure(run)
+    spreads = [max(f.values()) - min(f.values()) for f in by_design.values() if len(f) >= 2]
+    deltas = [abs(run_figure(run) - by_design[run["key"]][run["seed"]]) for run in runs
+              if run["threads"] != STANDARD_THREADS and run["seed"] in by_design.get(run["key"], {})]
+    return Noise(statistics.median(spreads) if spreads else float("nan"), max(deltas) if deltas else None,
+                 len(deltas))
+
+
+def describe_noise(noise: Noise) -> str:
+    """Return the sentence that states the noise every comparison is measured against."""
+    text = (f"Run-to-run noise: with nothing changed but the seed, a design's validation figure (mean of its last "
+            f"{LAST_EPOCHS} epochs) moves by {noise.seed_spread:.2f} points between its best and worst of 3 seeds "
+            "(median over the designs measured).")
+    if noise.thread_delta is not None:
+        text += (f" The same seed trained with 2 CPU threads instead of 1 (the same numbers added in another "
+                 f"order) moved it by up to {noise.thread_delta:.2f} points ({noise.thread_pairs} pair(s) measured).")
+    return text

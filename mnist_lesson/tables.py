@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mnist_lesson.config import LAST_EPOCHS, TARGET
 from mnist_lesson.results import RunSummary, SeedsSummary, claim_holds, seeds_label, steady_seconds, summarize_seeds
+from mnist_lesson.studies import DesignSummary
 
 
 def _accs(values: Sequence[float]) -> str:
@@ -109,4 +110,20 @@ def notebook_times_table(path: Path) -> str:
         rows.append(f"| {name} | " + " | ".join(cells) + " |")
     totals = [f"{sum(times[d].values()) / 60:.1f}" for d in devices]
     rows.append("| all notebooks | " + " | ".join(totals) + " |")
+    return "\n".join(rows)
+
+
+def study_table(summaries: Sequence[DesignSummary]) -> str:
+    """Return a markdown table of a design study: per design the validation figure of every seed, mean and range,
+    and the change from the design above; test figures are shown for reference, never used to choose."""
+    rows = [f"| design | parameters | validation acc per seed (mean of last {LAST_EPOCHS} epochs) | mean | range "
+            "| change in mean | test acc, mean (not used to choose) |", "|---|---:|---|---:|---:|---:|---:|"]
+    previous = None
+    for s in summaries:
+        per_seed = ", ".join(f"{s.figures[seed]:.2f}" for seed in sorted(s.figures))
+        change = "" if previous is None else f"{s.mean - previous.mean:+.2f}"
+        test = statistics.mean(s.test_figures.values())
+        rows.append(f"| {s.label} | {s.params:,} | {per_seed} | {s.mean:.2f} | {s.low:.2f}-{s.high:.2f} | {change} "
+                    f"| {test:.2f} |")
+        previous = s
     return "\n".join(rows)

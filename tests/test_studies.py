@@ -1,0 +1,99 @@
+"""Design studies: the designs are what their labels say, the recorded runs match them, and every comparison the
+notebooks make rests on at least 3 seeds judged on the validation split."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from torch import nn
+
+from mnist_lesson.budget import count_parameters
+from mnist_lesson.config import LAST_EPOCHS, Augment
+from mnist_lesson.models import AssignmentNet, StepNet, get_model, get_recipe
+from mnist_lesson.results import evidence
+from mnist_lesson.studies import (
+    STANDARD_THREADS,
+    STUDIES,
+    DesignSummary,
+    compare,
+    get_design,
+    measure_noise,
+    read_runs,
+    summarize_study,
+)
+
+DESIGNS = {design.key: design for designs in STUDIES.values() for design in designs}
+
+
+def test_a_key_names_one_design_in_every_study() -> None:
+    for study, designs in STUDIES.items():
+        assert len({d.key for d in designs}) == len(designs), study
+        for design in designs:
+            other = DESIGNS[design.key]
+            assert design.recipe == other.recipe and str(design.build()) == str(other.build())
+
+
+def test_the_ablation_changes_one_thing_at_a_time_and_ends_at_the_final_model() -> None:
+    chain = [d for d in STUDIES["ablation"] if not d.key.endswith("final-recipe")]
+    assert chain[0].key == "gap" and chain[-1].key == "final"
+    assert str(chain[-1].build()) == str(get_model("final")) and chain[-1].recipe == get_recipe("final")
+    recipe_fields = [{k for k, v in a.recipe.to_dict().items() if b.recipe.to_dict()[k] != v}
+                     for a, b in zip(chain, chain[1:], strict=False)]
+    models_differ = [str(a.build()) != str(b.build()) for a, b in zip(chain, chain[1:], strict=False)]
+    # width, head: the model; augment, one-cycle (lr, schedule, nesterov), batch, epochs: the recipe; dropout: model
+    assert recipe_fields == [set(), set(), {"augment"}, {"lr", "schedule", "nesterov"}, {"batch_size"}, {"epochs"},
+                             set()]
+    assert models_differ == [True, True, False, False, False, False, True]
+    assert get_design("ablation", "augment").recipe.augment == Augment(rotation=7.0, shift=0.1)
+    assert get_design("ablation", "width24").build().block3[-1][0].out_channels == 24
+    assert get_design("ablation", "head32").build().head[1][0].out_channels == 32
+    assert isinstance(get_design("ablation", "assignment-final-recipe").build(), AssignmentNet)
+    assert isinstance(get_design("ablation", "gap-final-recipe").build(), StepNet)
+
+
+def test_the_comparison_rule_needs_ranges_that_do_not_overlap() -> None:
+    low = DesignSummary("a", "a", 1, {0: 99.0, 1: 99.1, 2: 99.2}, {0: 99.0, 1: 99.0, 2: 99.0})
+    high = DesignSummary("b", "b", 1, {0: 99.3, 1: 99.4, 2: 99.5}, {0: 99.0, 1: 99.0, 2: 99.0})
+    overlapping = DesignSummary("c", "c", 1, {0: 99.15, 1: 99.6, 2: 99.7}, {0: 99.0, 1: 99.0, 2: 99.0})
+    assert compare(low, high).startswith("+0.30 points") and compare(low, high).endswith("larger than the "
+                                                                                         "seed-to-seed noise")
+    assert "no measurable difference" in compare(low, overlapping)
+
+
+RUNS = read_runs()
+
+
+@pytest.mark.parametrize("study", sorted(STUDIES))
+def test_every_design_of_a_study_has_three_recorded_seeds_that_match_it(study: str) -> None:
+    summaries = {s.key: s for s in summarize_study(study, RUNS)}
+    assert set(summaries) == {d.key for d in STUDIES[study]}, "run benchmarks/design.py for the missing designs"
+    for design in STUDIES[study]:
+        mine = [r for r in RUNS if r["key"] == design.key and r["threads"] == STANDARD_THREADS]
+        assert len({r["seed"] for r in mine}) >= 3, design.key
+        for run in mine:
+            assert design.recipe.matches(run["recipe"]) and run["params"] == count_parameters(design.build())
+            assert len(run["epochs"]) == design.recipe.epochs >= LAST_EPOCHS
+
+
+def test_design_runs_are_judged_on_validation_figures() -> None:
+    """Every recorded design run holds validation figures for every epoch (the test set only reports), and so
+    does every ladder trial recorded since trials moved to the validation split."""
+    assert RUNS
+    for run in RUNS:
+        assert all("val_acc" in epoch and "test_acc" in epoch for epoch in run["epochs"]), run["key"]
+    trials = evidence("ladder_trials.jsonl")
+    for line in (trials.read_text().splitlines() if trials.exists() else []):
+        record = json.loads(line)
+        assert record["judged_on"] == "val" and len(record["val_acc"]) == len(record["test_acc"]), record["name"]
+
+
+def test_the_noise_is_measured_from_the_runs() -> None:
+    noise = measure_noise(RUNS)
+    assert noise.seed_spread > 0
+    assert noise.thread_delta is not None and noise.thread_pairs >= 1, "run a design with --threads 2 too"
+
+
+def test_the_steps_study_is_the_registered_models() -> None:
+    for design in STUDIES["steps"]:
+        assert isinstance(design.build(), nn.Module) and design.recipe == get_recipe(design.key)
