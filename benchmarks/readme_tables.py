@@ -19,7 +19,15 @@ from common import REPO, RESULTS
 
 from mnist_lesson.config import LAST_EPOCHS, TARGET
 from mnist_lesson.results import step_summaries, summarize_seeds
-from mnist_lesson.tables import ladder_table, notebook_times_table, seed_runs_table, speed_table, steps_table
+from mnist_lesson.studies import describe_noise, measure_noise, summarize_study
+from mnist_lesson.tables import (
+    ladder_table,
+    notebook_times_table,
+    seed_runs_table,
+    speed_table,
+    steps_table,
+    study_table,
+)
 
 README = REPO / "README.md"
 
@@ -88,6 +96,9 @@ def _seeds_files() -> list:
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
+    "noise": lambda: describe_noise(measure_noise()),
+    "steps-study": lambda: study_table(summarize_study("steps")),
+    "ablation-study": lambda: study_table(summarize_study("ablation")),
     "speed-benchmark": lambda: speed_table(sorted(RESULTS.glob("speed_*.json"))),
     "steps-results": lambda: steps_table(step_summaries(RESULTS / "steps")),
     "seeds-results": lambda: seed_runs_table(_seeds_files()),

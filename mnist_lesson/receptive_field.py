@@ -134,12 +134,6 @@ class LayerTable:
         """Return True when the final receptive field is at least as large as the image."""
         return self.final_rf >= self.image_side
 
-    @property
-    def first_full_rf_row(self) -> LayerRow | None:
-        """Return the first row whose receptive field reaches the image side, or None."""
-        index = self._first_full_index()
-        return None if index is None else self.rows[index]
-
     def _first_full_index(self) -> int | None:
         return next((i for i, row in enumerate(self.rows) if row.rf >= self.image_side), None)
 

@@ -60,12 +60,6 @@ def record_run(name: str, history: History, folder: Path | None = None) -> Path 
     return path
 
 
-def recorded_run(name: str) -> History | None:
-    """Return the recorded full run of a step's model (evidence/steps/NAME.json), or None when there is none."""
-    path = evidence("steps", f"{name}.json")
-    return History.from_dict(json.loads(path.read_text())) if path.exists() else None
-
-
 def recorded_label(meta: Mapping[str, Any]) -> str:
     """Return how a recorded result is labelled in notebooks: "recorded on DEVICE, DATE, code VERSION"."""
     parts = [f"recorded on {meta.get('device', 'an unrecorded device')}"]

@@ -81,14 +81,6 @@ STUDIES: dict[str, tuple[Design, ...]] = {
 }
 
 
-def get_design(study: str, key: str) -> Design:
-    """Return the design `key` of `study`."""
-    for design in STUDIES[study]:
-        if design.key == key:
-            return design
-    raise KeyError(f"study {study!r} has no design {key!r}; it has {[d.key for d in STUDIES[study]]}")
-
-
 RUNS_FILE = "design_runs.jsonl"
 
 

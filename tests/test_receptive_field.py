@@ -72,7 +72,8 @@ def test_assignment_matches_hand_computation(assignment_table: LayerTable) -> No
     assert len(assignment_table.rows) == 39
     assert assignment_table.final_rf == 32
     assert assignment_table.covers_input
-    assert assignment_table.first_full_rf_row is not None and assignment_table.first_full_rf_row.name == "gap"
+    marked = [line for line in assignment_table.to_text().splitlines() if "<- RF reaches 28x28" in line]
+    assert len(marked) == 1 and " gap " in marked[0]
     assert assignment_table.total_params == 13_816 == sum(row.params for row in assignment_table.rows)
 
 
@@ -106,7 +107,7 @@ def test_small_table_text_exactly() -> None:
     ])
     table = layer_table(model, input_size=(1, 8, 8))
     assert table.to_text() == expected
-    assert not table.covers_input and table.first_full_rf_row is None
+    assert not table.covers_input and "<- RF reaches" not in table.to_text()
 
 
 def test_html_highlights_first_full_row_only(assignment_table: LayerTable) -> None:
