@@ -157,14 +157,15 @@ def erf_share(erf: torch.Tensor, box: RFBox, fraction: float = 0.5) -> tuple[int
 # --- feature maps and activation statistics ------------------------------------------------------------
 
 
-def block_outputs(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+def block_outputs(model: nn.Module, images: torch.Tensor, train_mode: bool = False) -> dict[str, torch.Tensor]:
     """Return the output [N, C, h, w] of every block (`blocks`) with a spatial map, for images [N, 1, H, W] or one
-    image [1, H, W] (eval mode, no gradients)."""
+    image [1, H, W], without gradients: in eval mode, or with `train_mode` as a training batch sees the network
+    (batch normalization using the batch's own statistics; dropout on)."""
     outputs: dict[str, torch.Tensor] = {}
     handles = [child.register_forward_hook(lambda module, args, out, name=name: outputs.__setitem__(name, out))
                for name, child in blocks(model)]
     was_training = model.training
-    model.eval()
+    model.train(train_mode)
     try:
         with torch.no_grad():
             model(images.reshape(-1, *images.shape[-3:]).float())
