@@ -113,6 +113,8 @@ class Recipe:
     step_size: int = 6  # epochs between decays when schedule="step"
     gamma: float = 0.1  # decay factor when schedule="step"
     augment: Augment = Augment()  # random rotation and shift of the training images (off by default)
+    warmup: float = 0.3  # one-cycle: the share of the steps spent raising the rate (the rest anneals it)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated instead of them (0: off)
 
     def __post_init__(self) -> None:
         _check_number("epochs", self.epochs, low=1, integer=True)
@@ -122,6 +124,8 @@ class Recipe:
         _check_number("weight_decay", self.weight_decay)
         _check_number("step_size", self.step_size, low=1, integer=True)
         _check_number("gamma", self.gamma, strict=True)
+        if not 0 < self.warmup < 1 or not 0 <= self.ema < 1:
+            raise UsageError(f"warmup must be in (0, 1) and ema in [0, 1), got {self.warmup} and {self.ema}")
         if self.schedule not in ("constant", "onecycle", "step"):
             raise UsageError(f"unknown schedule {self.schedule!r}; use constant, onecycle or step")
         if not isinstance(self.augment, Augment):

@@ -272,30 +272,6 @@ class LadderNet(nn.Module):
         return torch.log_softmax(self.head(self.features(x)).flatten(1), dim=1)
 
 
-class PyramidNet(nn.Module):
-    """Notebook 08: a stepped pyramid. Padded 3x3 convs keep each stage's size; a max-pool halves it between stages.
-
-    Cheap narrow convs work at full resolution, and most parameters sit in the widest, last stage at 7x7.
-    stages: the widths of each stage's convs, e.g. ((4, 4), (8, 8), (16, 16)) for 28x28, 14x14 and 7x7
-    """
-
-    def __init__(self, stages: tuple[tuple[int, ...], ...]) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels = 1
-        for i, widths in enumerate(stages):
-            if i > 0:
-                layers.append(nn.MaxPool2d(2))
-            for width in widths:
-                layers.append(conv_block(channels, width, padding=1))
-                channels = width
-        self.features = nn.Sequential(*layers)
-        self.head = nn.Sequential(nn.Conv2d(channels, 10, 1, bias=False), nn.AdaptiveAvgPool2d(1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.head(self.features(x)).flatten(1), dim=1)
-
-
 # The ladder trains like the final model, but with batches of 32: twice the updates in the same 15 epochs.
 LADDER_RECIPE = FINAL_RECIPE.with_overrides(batch_size=32)
 

@@ -174,11 +174,32 @@ def make_optimizer(model: nn.Module, recipe: Recipe, steps_per_epoch: int,
                                 nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
     if recipe.schedule == "onecycle":
         return optimizer, Schedule(optimizer, torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=recipe.lr, total_steps=epochs * steps_per_epoch))
+            optimizer, max_lr=recipe.lr, total_steps=epochs * steps_per_epoch, pct_start=recipe.warmup))
     if recipe.schedule == "step":
         return optimizer, Schedule(optimizer, torch.optim.lr_scheduler.StepLR(
             optimizer, recipe.step_size * steps_per_epoch, recipe.gamma))
     return optimizer, Schedule(optimizer)
+
+
+class WeightAverage(nn.Module):
+    """A model in training plus an exponential moving average of its weights and buffers, evaluated in its place.
+
+    In train mode it runs the model being trained; in eval mode, the average. The average follows every
+    optimizer step through an optimizer hook, so the training loop stays exactly as it is.
+    """
+
+    def __init__(self, run: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, decay: float,
+                 amp_device: str | None = None) -> None:
+        super().__init__()
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        self.run, self.model = run, model
+        self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.evaluated = Autocast(self.average.module, amp_device) if amp_device else self.average.module
+        optimizer.register_step_post_hook(lambda *args: self.average.update_parameters(self.model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.run(x) if self.training else self.evaluated(x)
 
 
 class FirstBatches:
@@ -245,7 +266,8 @@ def train_recipe(model: str | Callable[[], nn.Module], recipe: Recipe | None = N
                  progress: bool = True, smoke: bool | None = None) -> tuple[nn.Module, History]:
     """Seed, build the model, train it with `recipe` on `device`; return (model, History).
 
-    `model` is a registered name (its recipe is the default) or a function that builds a fresh model.
+    `model` is a registered name (its recipe is the default) or a function that builds a fresh model. The model
+    returned is the one evaluated: with `recipe.ema`, the moving average of the weights.
     `validation` holds out the last 10,000 training images and evaluates on them too: design choices are
     judged there, never on the test set. `smoke` (default: $MNIST_LESSON_SMOKE) makes a tiny run of one
     epoch over a few batches. Raises TrainingStopped, with the finished epochs, on Ctrl-C or a diverging loss.
@@ -269,6 +291,8 @@ def train_recipe(model: str | Callable[[], nn.Module], recipe: Recipe | None = N
     train, eval_sets = make_loaders(recipe.batch_size, recipe.augment, speed, device, seed=seed,
                                     validation=validation, root=root, limits=limits)
     optimizer, schedule = make_optimizer(net, recipe, len(train), epochs)
+    if recipe.ema:
+        run = WeightAverage(run, net, optimizer, recipe.ema, device.type if amp else None)
     history = History(meta=dict(model=name, params=count_parameters(net), recipe=recipe.to_dict(), seed=seed,
                                 validation=validation, epochs_planned=epochs, smoke=smoke,
                                 device=describe_device(device), speed={**speed.to_dict(), "amp": amp},
@@ -285,12 +309,17 @@ def train_recipe(model: str | Callable[[], nn.Module], recipe: Recipe | None = N
         done = len(history.epochs)
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
         history.meta["stopped"] = f"{why} (during epoch {done + 1} of {epochs}; {done} finished)"
-        raise TrainingStopped(history.meta["stopped"], history, net) from exc
+        raise TrainingStopped(history.meta["stopped"], history, evaluated(run, net)) from exc
     finally:
         torch.backends.cudnn.benchmark = autotune
         history.schedule = schedule.trace()
         history.meta["run_seconds"] = time.perf_counter() - start
-    return net, history
+    return evaluated(run, net), history
+
+
+def evaluated(run: nn.Module, net: nn.Module) -> nn.Module:
+    """Return the plain module whose weights a run evaluated: the weight average when the recipe keeps one."""
+    return run.average.module if isinstance(run, WeightAverage) else net
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:

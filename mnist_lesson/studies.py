@@ -21,7 +21,7 @@ from typing import Any
 from torch import nn
 
 from mnist_lesson.config import LAST_EPOCHS, Augment, Recipe
-from mnist_lesson.models import FINAL_RECIPE, MODELS, RECIPES, STEP_RECIPE, AssignmentNet, StepNet
+from mnist_lesson.models import FINAL_RECIPE, LADDER_RECIPE, MODELS, RECIPES, STEP_RECIPE, AssignmentNet, StepNet
 from mnist_lesson.results import evidence
 from mnist_lesson.train import History
 
@@ -78,6 +78,16 @@ STUDIES: dict[str, tuple[Design, ...]] = {
         ("batchnorm", "04: + batch normalization"), ("dropout", "05: + dropout"),
         ("gap", "06: + global average pooling")]),
     "ablation": ABLATION,
+    # Notebook 08: levers for a rung that holds on the seeds it was chosen on but not beyond.
+    "ladder": (
+        registered("under5k", "under5k (the rung's recipe)"),
+        Design("under5k-ema", "+ weights averaged (EMA 0.999) and evaluated", MODELS["under5k"],
+               LADDER_RECIPE.with_overrides(ema=0.999)),
+        Design("under5k-warmup15", "+ a longer anneal (one-cycle warm-up 15% of the run instead of 30%)",
+               MODELS["under5k"], LADDER_RECIPE.with_overrides(warmup=0.15)),
+        Design("under5k-ema-warmup15", "+ both", MODELS["under5k"], LADDER_RECIPE.with_overrides(ema=0.999,
+                                                                                                warmup=0.15)),
+    ),
 }
 
 

@@ -66,7 +66,7 @@ def ladder_table(paths: Sequence[Path]) -> str:
 
 
 def trials_table(path: Path) -> str:
-    """Return a markdown table of the single-seed trials in a JSON-lines file written by benchmarks/trials.py."""
+    """Return a markdown table of the ladder's first single-seed trials (evidence/legacy, judged on the test set)."""
     rows = [f"| trial | parameters | architecture | recipe change | seed | last {LAST_EPOCHS} epochs "
             "| train acc, last epoch |", "|---|---:|---|---|---:|---|---:|"]
     for line in Path(path).read_text().splitlines():

@@ -30,7 +30,7 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
-ARGUMENTS = {"trials.py": ["t", "LadderNet", '{"block1": [8]}'], "design.py": ["steps"]}
+ARGUMENTS = {"design.py": ["steps"]}
 
 
 @pytest.mark.parametrize("script", [name for name in SCRIPTS if name != "readme_tables.py"])

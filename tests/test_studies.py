@@ -3,8 +3,6 @@ notebooks make rests on at least 3 seeds judged on the validation split."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from torch import nn
 
@@ -19,6 +17,7 @@ from mnist_lesson.studies import (
     compare,
     measure_noise,
     read_runs,
+    run_figure,
     summarize_study,
 )
 
@@ -79,16 +78,18 @@ def test_every_design_of_a_study_has_three_recorded_seeds_that_match_it(study: s
             assert len(run["epochs"]) == design.recipe.epochs >= LAST_EPOCHS
 
 
-def test_design_runs_are_judged_on_validation_figures() -> None:
-    """Every recorded design run holds validation figures for every epoch (the test set only reports), and so
-    does every ladder trial recorded since trials moved to the validation split."""
+def test_design_choices_are_judged_on_validation_figures() -> None:
+    """Every recorded design run (steps, ablation, ladder trials) holds validation figures for every epoch, and
+    every figure a study compares is a validation figure; the test set only reports. The ladder's first trials,
+    judged on the test set, are kept apart as a record (evidence/legacy) and choose nothing."""
     assert RUNS
     for run in RUNS:
         assert all("val_acc" in epoch and "test_acc" in epoch for epoch in run["epochs"]), run["key"]
-    trials = evidence("ladder_trials.jsonl")
-    for line in (trials.read_text().splitlines() if trials.exists() else []):
-        record = json.loads(line)
-        assert record["judged_on"] == "val" and len(record["val_acc"]) == len(record["test_acc"]), record["name"]
+    for study in STUDIES:
+        for summary in summarize_study(study, RUNS):
+            runs = [r for r in RUNS if r["key"] == summary.key and r["threads"] == STANDARD_THREADS]
+            assert summary.figures == {r["seed"]: run_figure(r, "val_acc") for r in runs}
+    assert sorted(p.name for p in evidence().glob("*trials*")) == []
 
 
 def test_the_noise_is_measured_from_the_runs() -> None:

@@ -301,3 +301,30 @@ def test_amp_on_a_cpu_with_native_bfloat16_trains_in_bfloat16(mnist_root: Path) 
     assert amp.meta["speed"]["amp"] is True
     assert amp.column("train_loss") != plain.column("train_loss")  # bfloat16 rounds differently
     assert amp.column("train_loss")[0] == pytest.approx(plain.column("train_loss")[0], rel=0.05)
+
+
+def test_a_weight_average_is_evaluated_and_returned_when_the_recipe_keeps_one(mnist_root: Path) -> None:
+    """With `ema`, every optimizer step updates the average; eval mode runs the average; the returned model holds
+    its weights. A recipe without it (the default) is unchanged, so recorded recipes still match."""
+    from mnist_lesson.runs import WeightAverage
+
+    recipe = get_recipe("under5k").with_overrides(ema=0.9)
+    trained, history = train_recipe("under5k", recipe, device=CPU, root=mnist_root, progress=False, smoke=True)
+    plain, _ = train_recipe("under5k", device=CPU, root=mnist_root, progress=False, smoke=True)
+    assert not all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), plain.state_dict().values(),
+                                                     strict=True))
+    assert get_recipe("under5k").matches({k: v for k, v in get_recipe("under5k").to_dict().items()
+                                          if k not in ("ema", "warmup")})
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    averaged = WeightAverage(model, model, optimizer, decay=0.5)
+    start = model.weight.detach().clone()
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.ones(1, 2)).sum().backward()
+        optimizer.step()
+    # The first update copies the weights after step 1; the second averages them with step 2's: start - 1.5.
+    torch.testing.assert_close(averaged.average.module.weight, start - 1.5)
+    averaged.eval()
+    torch.testing.assert_close(averaged(torch.ones(1, 2)), averaged.average.module(torch.ones(1, 2)))
+    assert len(history.epochs) == 1
