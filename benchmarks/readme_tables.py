@@ -128,7 +128,7 @@ def main() -> int:
     fresh = render(current)
     if args.check:
         if fresh != current:
-            print("README.md is out of date with benchmarks/results: run `python benchmarks/readme_tables.py`",
+            print("README.md is out of date with mnist_lesson/evidence: run `python benchmarks/readme_tables.py`",
                   file=sys.stderr)
             return 1
         return 0

@@ -4,7 +4,7 @@
 
 This is how the committed outputs are produced: a full run (MNIST_LESSON_SMOKE must be unset), in the
 notebooks' own folder, on whatever device `pick_device()` finds. Wall times go to
-benchmarks/results/notebook_times.json, keyed by device, for the README's table.
+mnist_lesson/evidence/notebook_times.json, keyed by device, for the README's table.
 """
 
 from __future__ import annotations
