@@ -78,7 +78,7 @@ def main() -> int:
     parser.add_argument("--configs", nargs="+", help="configurations to run (default: all that apply to the "
                         "device; the baseline always runs)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
-    parser.add_argument("--json", type=Path, help="results file (default benchmarks/results/speed_MODE_DEVICE.json)")
+    parser.add_argument("--json", type=Path, help="results file (default mnist_lesson/evidence/speed_MODE_DEVICE.json)")
     args = parser.parse_args()
     refuse_smoke_mode("it would time a few batches, not epochs")
     model, default_epochs, configs = MODES[args.mode]
