@@ -48,7 +48,9 @@ def main() -> int:
     for path in paths:
         print(f"running {path.name} on {device} ...", flush=True)
         seconds = run_notebook(path.resolve())
-        key = str(path.resolve().relative_to(REPO / "notebooks"))  # student/x.ipynb apart from x.ipynb
+        # Relative to notebooks/ (student/x.ipynb apart from x.ipynb), else to the repository (instructor/x.ipynb).
+        home = REPO / "notebooks" if path.resolve().is_relative_to(REPO / "notebooks") else REPO
+        key = str(path.resolve().relative_to(home))
         times.setdefault(device, {})[key] = round(seconds, 1)
         write_json(TIMES, times)
         print(f"  {seconds / 60:.1f} min", flush=True)

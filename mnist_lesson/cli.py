@@ -191,17 +191,37 @@ def _student(args: argparse.Namespace) -> int:
     from mnist_lesson.exercises import write_student_version
 
     target = write_student_version(args.source, Path(args.out))
-    print(f"wrote {target}: solutions replaced by stubs, outputs cleared; run it once to store its outputs")
+    print(f"wrote {target}: solutions removed, outputs cleared, Colab badge and cells added; store its outputs with "
+          f"`python benchmarks/run_notebooks.py {target}`")
     return 0
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from mnist_lesson.grader import grade_folder
+    from mnist_lesson.grader import EnvironmentChanged, GradingLimits, grade_folder
 
-    if not Path(args.submissions).is_dir():
-        raise UsageError(f"{args.submissions} is not a folder of .ipynb submissions")
-    grade_folder(Path(args.submissions), Path(args.out), timeout=args.timeout, redo=args.redo)
-    return 0
+    try:
+        summary = grade_folder(args.submissions, args.out, GradingLimits(timeout=args.timeout), jobs=args.jobs,
+                               redo=args.redo, wide=args.wide, feedback=args.feedback)
+    except EnvironmentChanged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 1 if summary.failed else 0  # Ctrl-C: KeyboardInterrupt, status 130, after saying how to resume
+
+
+def output_path(text: str) -> Path:
+    """Parse a file or folder to write into a folder that exists (checked before any grading)."""
+    path = Path(text)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {path.parent} does not exist; create it or choose another")
+    return path
+
+
+def submissions_folder(text: str) -> Path:
+    """Parse the path of an existing folder of submissions."""
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder of .ipynb submissions")
+    return path
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -257,16 +277,24 @@ def build_parser() -> argparse.ArgumentParser:
     colab.set_defaults(run=_colab)
 
     student = commands.add_parser("student", help="write the student version of the exercise notebook")
-    student.add_argument("--source", type=existing_file, default="notebooks/exercises.ipynb",
-                         help="notebook with solutions")
-    student.add_argument("--out", default="notebooks/student/exercises.ipynb", help="where the student version goes")
+    student.add_argument("--source", type=existing_file, default="instructor/exercises.ipynb",
+                         help="the instructor's notebook with solutions (default instructor/exercises.ipynb)")
+    student.add_argument("--out", default="notebooks/exercises.ipynb",
+                         help="where the student version goes (default notebooks/exercises.ipynb)")
     student.set_defaults(run=_student)
 
     grade = commands.add_parser("grade", help="grade a folder of submitted exercise notebooks into a CSV gradebook")
-    grade.add_argument("submissions", help="folder with one .ipynb per student (the file's stem names the student)")
-    grade.add_argument("--out", default="grades.csv", help="gradebook CSV, appended to as students are graded")
+    grade.add_argument("submissions", type=submissions_folder,
+                       help="folder with one .ipynb per student (the file's stem names the student)")
+    grade.add_argument("--out", type=output_path, default=Path("grades.csv"),
+                       help="gradebook CSV, one row per student and exercise (default grades.csv)")
+    grade.add_argument("--wide", type=output_path,
+                       help="wide CSV for a gradebook import, one row per student (default OUT-wide.csv)")
+    grade.add_argument("--feedback", type=output_path,
+                       help="folder for one markdown feedback file per student (default OUT-feedback/)")
     grade.add_argument("--timeout", type=positive_float, default=120,
-                       help="seconds each notebook may run (default 120)")
+                       help="wall seconds each notebook may run, all its cells together (default 120)")
+    grade.add_argument("--jobs", type=positive_int, default=1, help="notebooks graded at once (default 1)")
     grade.add_argument("--redo", action="store_true", help="grade again students already in the gradebook")
     grade.set_defaults(run=_grade)
 

@@ -1,9 +1,12 @@
-"""Student versions of the exercise notebook: solutions between markers become a friendly stub.
+"""The student version of the exercise notebook, made from the instructor's source with the solutions.
 
-The source notebook (notebooks/exercises.ipynb) holds each solution between `### BEGIN SOLUTION` and
-`### END SOLUTION` (nbgrader's markers). `python -m mnist_lesson student` writes the student version
-(notebooks/student/exercises.ipynb) with every solution replaced by a stub that raises
-NotImplementedError, and all outputs cleared; a test fails while the committed student version is stale.
+The source, instructor/exercises.ipynb, holds each solution between `### BEGIN SOLUTION` and `### END SOLUTION`
+(nbgrader's markers) and carries nbgrader's cell metadata. `python -m mnist_lesson student` writes the student
+version, notebooks/exercises.ipynb: every solution region removed (the `x = None` line before it stays, so an
+unanswered exercise's check says "not answered yet" instead of raising), every output cleared, the Colab badge
+added to the first cell and the Colab setup and device cells (mnist_lesson.colab) after it. nbgrader's own
+`generate_assignment`, with `ClearSolutions.code_stub = {"python": ""}`, leaves the same answer cells.
+A test fails while the committed student version is stale.
 """
 
 from __future__ import annotations
@@ -15,48 +18,75 @@ from pathlib import Path
 import nbformat
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-RAISES_TAGS = ["raises-exception"]  # nbclient and nbval both read it: this cell is meant to raise
-# From a BEGIN line to the first END line, whatever trails either marker (spaces, "\r", a comment).
-_SOLUTION = re.compile(rf"^([ \t]*){re.escape(BEGIN)}[^\n]*\n.*?^[ \t]*{re.escape(END)}[^\n]*$",
+SOURCE = Path("instructor/exercises.ipynb")
+TARGET = Path("notebooks/exercises.ipynb")
+# From a BEGIN line to the first END line, whatever trails either marker (spaces, "\r", a comment), whole lines.
+_SOLUTION = re.compile(rf"^[ \t]*{re.escape(BEGIN)}[^\n]*\n.*?^[ \t]*{re.escape(END)}[^\n]*(?:\n|\Z)",
                        re.DOTALL | re.MULTILINE)
+_COLAB_IDS = ("colab-setup", "colab-device")  # fixed cell ids: regenerating the notebook leaves no noise in a diff
 
 
-def stub(indent: str, exercise: str) -> str:
-    """Return the lines that replace one solution."""
-    return (f"{indent}# Your answer here: replace the line below.\n"
-            f"{indent}raise NotImplementedError(\"{exercise}: write your answer here, then run the check below.\")")
+def strip_solutions(source: str) -> str:
+    """Return a cell's source with every solution region removed; raise ValueError for markers that do not pair."""
+    if source.count(BEGIN) != source.count(END):
+        raise ValueError(f"unbalanced solution markers in cell:\n{source}")
+    stripped = _SOLUTION.sub("", source).rstrip()
+    if BEGIN in stripped or END in stripped:  # never ship a solution because of odd markers
+        raise ValueError(f"solution markers left after stripping; check their order in cell:\n{source}")
+    return stripped
 
 
-def student_version(source: nbformat.NotebookNode, badge_line: str | None = None) -> nbformat.NotebookNode:
-    """Return a copy of `source` with solutions replaced by stubs, every output cleared and, when given,
-    the Colab badge line of the first cell replaced by `badge_line`."""
+def _lock(cell: nbformat.NotebookNode) -> None:
+    # What nbgrader's release step does too: Jupyter then refuses to edit or delete these cells.
+    grading = cell.metadata.get("nbgrader", {})
+    if grading.get("locked") or grading.get("grade"):
+        cell.metadata["editable"] = False
+    if grading.get("locked") or grading.get("grade") or grading.get("solution"):
+        cell.metadata["deletable"] = False
+
+
+def _add_colab(nb: nbformat.NotebookNode, name: str, badge_line: str) -> None:
+    from mnist_lesson.colab import COLAB_METADATA, DEVICE_MARKER, SETUP_MARKER, device_source, setup_source
+
+    title = nb.cells[0].source.splitlines() if nb.cells and nb.cells[0].cell_type == "markdown" else []
+    if not title:
+        raise ValueError("the source notebook must start with a markdown cell (its title) for the Colab badge")
+    badges = [i for i, line in enumerate(title) if "colab-badge.svg" in line]
+    if badges:
+        title[badges[0]] = badge_line
+    else:
+        title[1:1] = ["", badge_line]
+    nb.cells[0].source = "\n".join(title)
+    nb.cells = [cell for cell in nb.cells if not (cell.cell_type == "code" and (
+        cell.source.startswith(SETUP_MARKER) or DEVICE_MARKER in cell.source))]
+    setup = nbformat.v4.new_code_cell(setup_source(), id=_COLAB_IDS[0])
+    device = nbformat.v4.new_code_cell(device_source(name), id=_COLAB_IDS[1])
+    nb.cells[1:1] = [setup, device]
+    nb.metadata.update(copy.deepcopy(COLAB_METADATA))
+
+
+def student_version(source: nbformat.NotebookNode, badge_line: str | None = None,
+                    name: str = TARGET.name) -> nbformat.NotebookNode:
+    """Return a copy of `source` with the solutions removed, every output cleared and locked cells marked read-only;
+    with `badge_line`, also the Colab badge in the first cell and the Colab setup and device cells after it."""
     nb = copy.deepcopy(source)
-    if badge_line is not None and nb.cells:
-        nb.cells[0].source = "\n".join(badge_line if "colab-badge.svg" in line else line
-                                       for line in nb.cells[0].source.splitlines())
     for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        cell.outputs, cell.execution_count = [], None
-        if BEGIN not in cell.source:
-            continue
-        if cell.source.count(BEGIN) != cell.source.count(END):
-            raise ValueError(f"unbalanced solution markers in cell:\n{cell.source}")
-        name = re.search(r"ex\d\d", cell.source)
-        exercise = f"Exercise {name.group(0)}" if name else "This exercise"
-        cell.source = _SOLUTION.sub(lambda m, e=exercise: stub(m.group(1), e), cell.source)
-        if BEGIN in cell.source or END in cell.source:  # never ship a solution because of odd markers
-            raise ValueError(f"solution markers left after stubbing; check their order in cell:\n{cell.source}")
-        tags = cell.metadata.setdefault("tags", [])
-        tags.extend(tag for tag in RAISES_TAGS if tag not in tags)
+        cell.source = strip_solutions(cell.source)
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+            cell.metadata.pop("execution", None)
+        _lock(cell)
+    if badge_line is not None:
+        _add_colab(nb, name, badge_line)
     return nb
 
 
-def write_student_version(source: Path, target: Path) -> Path:
-    """Write the student version of the notebook at `source` to `target`; return `target`."""
-    from mnist_lesson.colab import badge
+def write_student_version(source: Path = SOURCE, target: Path = TARGET) -> Path:
+    """Write the student version of the notebook at `source` to `target` (badge and Colab cells for `target`)."""
+    from mnist_lesson.colab import _folder, badge
 
-    nb = student_version(nbformat.read(source, as_version=4), badge(target.name, "notebooks/student"))
+    target = Path(target)
+    nb = student_version(nbformat.read(source, as_version=4), badge(target.name, _folder(target)), target.name)
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, target)
     return target

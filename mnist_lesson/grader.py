@@ -1,290 +1,845 @@
-"""Grade a folder of submitted exercise notebooks into a gradebook (grades.csv).
+"""Grade a folder of submitted exercise notebooks: a long gradebook (grades.csv), a wide CSV and feedback files.
 
-Each submission runs in its own fresh kernel, in its own temporary working folder, in smoke mode,
-with a time limit; then a hidden cell loads a private copy of the checks (so a notebook that deletes
-or redefines `ex02` and friends changes nothing) and grades the student's variables. Whatever a
-student hands in - invalid JSON, an empty file, an exception, an endless loop, a flood of output -
-gets its rows with the reason, and the others are graded normally. Rows are appended and flushed
-after every student, so a crash of the grader loses at most the notebook in progress, and a rerun
-skips the students already graded unless asked to redo them.
+Each submission runs twice, each time in a fresh kernel of its own (sandbox.py: time limit, resource limits,
+no network where allowed, every process it started killed at the end). First the whole notebook as handed in:
+which cells raised, whether it kept to the time limit, and how many hints its checks gave. Then a clean kernel
+runs only `STUDENT = key`, the exercises' import cell (PRELUDE) and the student's answer cells, around a hidden
+grading step built from a private copy of the checks' source read when the grader started; the results come
+back in a file, not in the output. The interface with mnist_lesson.checks is fixed in the contract of issue 14.
 
-Student code runs with the grader's user rights: see the README's "Grading" section.
+The grader keeps its own record of finished students and writes every file from it by atomic replacement after
+each student, under a lock (one writer): a submission that truncates or deletes the gradebook loses nothing, and
+a Ctrl-C records nothing for the students in progress. What is and is not protected: the README's "Grading".
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import hashlib
+import importlib
+import io
 import json
+import math
 import os
+import queue
+import re
 import secrets
-import signal
-import tempfile
+import stat
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nbformat
-from nbclient import NotebookClient
-from nbclient.exceptions import DeadKernelError
 
-from mnist_lesson import checks
-from mnist_lesson.config import SMOKE_ENV
+from mnist_lesson import sandbox
+from mnist_lesson.config import SMOKE_ENV, UsageError
+from mnist_lesson.sandbox import Reply, Sandbox, Step, StepResult, Stopped
 
-COLUMNS = ["student", "exercise", "points", "max_points", "message"]
+CHECKS_MODULE = "mnist_lesson.checks"
+SUFFIX = ".ipynb"  # matched whatever its case (W.IPYNB is a submission too)
+COLUMNS = ["student", "exercise", "points", "max_points", "hints", "message"]
+_OLD_COLUMNS = ["student", "exercise", "points", "max_points", "message"]  # gradebooks from before hints
 TOTAL = "TOTAL"
 MAX_FILE_BYTES = 20 * 1024 * 1024  # a submission larger than this is not run
-MAX_OUTPUT_BYTES = 2 * 1024 * 1024  # outputs kept per notebook; the rest is dropped while it runs
-GRADING_SECONDS = 300  # time for the hidden grading cell (it trains ex07's model briefly)
+MAX_RESULTS_BYTES = 1024 * 1024  # of the grading step's results file
+REPORT_SECONDS = 30.0  # for the hidden cell that reads hint use in the student's own kernel
+SETUP_SECONDS = 600.0  # for the hidden first cell of the grading kernel (no student code has run yet)
+
+
+@dataclass(frozen=True)
+class GradingLimits:
+    """Wall-time limits of grading one submission, in seconds."""
+
+    timeout: float = 120.0  # the notebook as handed in, first cell to last (and again for its answer cells alone)
+    grading: float = 300.0  # the hidden grading step (one check trains a small model briefly)
+    grace: float = 5.0  # from the interrupt at a limit to the kill of code that ignores it
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "grading", "grace"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise UsageError(f"the {name} limit must be a finite number of seconds above 0, not {value!r}")
 
 
 @dataclass(frozen=True)
 class Row:
-    """One line of the gradebook."""
+    """One line of the gradebook; `hints` is None where hint use could not be read."""
 
     student: str
     exercise: str
     points: int
     max_points: int
+    hints: int | None
     message: str
 
-
-def _rows_for_all(student: str, message: str) -> list[Row]:
-    return [Row(student, name, 0, ex.max_points, message) for name, ex in checks.EXERCISES.items()]
-
-
-class _LimitedClient(NotebookClient):
-    """A NotebookClient that keeps at most MAX_OUTPUT_BYTES of output, so a flood cannot exhaust memory."""
-
-    kept_bytes = 0
-    dropped = False
-    timed_out = False
-
-    grading_timed_out = False
-
-    async def _async_handle_timeout(self, timeout, cell=None):  # type: ignore[no-untyped-def, override]
-        if cell is self.nb.cells[-1]:
-            self.grading_timed_out = True
-        else:
-            self.timed_out = True
-        return await super()._async_handle_timeout(timeout, cell)  # interrupt the kernel, go on
-
-    def output(self, outs, msg, display_id, cell_index):  # type: ignore[no-untyped-def, override]
-        size = len(json.dumps(msg.get("content", {}), default=str))
-        hidden = cell_index == len(self.nb.cells) - 1
-        if not hidden and self.kept_bytes + size > MAX_OUTPUT_BYTES:
-            self.dropped = True
-            return None
-        self.kept_bytes += size
-        return super().output(outs, msg, display_id, cell_index)
+    def cells(self) -> list[object]:
+        """Return the row's CSV cells, in COLUMNS order, the message on one line."""
+        return [self.student, self.exercise, self.points, self.max_points, "" if self.hints is None else self.hints,
+                " ".join(self.message.split())]
 
 
-# The checks' source as it was when the grader started: a submission that edits checks.py on disk
-# cannot change how it, or anyone after it, is graded.
-_CHECKS_SOURCE = Path(checks.__file__).read_text()
+class GraderFailure(RuntimeError):
+    """Grading failed for a reason of the grading machine, not of the submission: nothing is recorded."""
 
 
-def _hidden_cell(nonce: str) -> str:
-    # A private copy of the checks module, built from the source read at start-up under a fresh name.
-    variables = {name: ex.variable for name, ex in checks.EXERCISES.items()}
-    return "\n".join([
-        "import builtins as _grader_builtins, json as _grader_json, sys as _grader_sys, types as _grader_types",
-        "_grader_checks = _grader_types.ModuleType('_grader_checks')",
-        "_grader_sys.modules['_grader_checks'] = _grader_checks  # dataclasses look their module up here",
-        f"exec(compile({_CHECKS_SOURCE!r}, 'mnist_lesson/checks.py', 'exec'), _grader_checks.__dict__)",
-        "_grader_ns = _grader_builtins.globals()  # the notebook's namespace, even if `globals` was redefined",
-        "_grader_results = {}",
-        f"for _grader_name, _grader_var in {variables!r}.items():",
-        "    _grader_r = _grader_checks.EXERCISES[_grader_name].grade(_grader_ns.get(_grader_var))",
-        "    _grader_results[_grader_name] = [_grader_r.points, _grader_r.max_points, _grader_r.message[:500]]",
-        f"print({nonce!r} + _grader_json.dumps(_grader_results))",
-    ])
+class EnvironmentChanged(GraderFailure):
+    """Files every kernel imports changed while grading: the whole run stops, nothing more is recorded."""
 
 
-def _left(deadline: float) -> int:
-    return max(1, int(deadline - time.monotonic()))
+def code_digests() -> dict[str, str]:
+    """Return {path: sha256} of what every kernel runs at start-up and the checks import: this package's modules,
+    and the .pth files and site/user customization of the Python environment."""
+    import site
+
+    paths = sorted(Path(__file__).parent.rglob("*.py"))
+    for folder in [*site.getsitepackages(), site.getusersitepackages()]:
+        if os.path.isdir(folder):
+            paths += sorted(Path(folder).glob("*.pth"))
+            paths += [Path(folder) / n for n in ("sitecustomize.py", "usercustomize.py") if (Path(folder) / n).exists()]
+    return {str(path): _digest(path) or "" for path in paths}
 
 
-def _kill(client: NotebookClient) -> None:
-    # For code that ignores interrupts: kill the kernel process outright; nbclient then stops with
-    # DeadKernelError. (The kernel manager's own shutdown is a coroutine of another thread's loop.)
-    provisioner = getattr(client.km, "provisioner", None)
-    pid = getattr(provisioner, "pid", None)
-    if pid:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+def _check_code(before: Mapping[str, str] | None, student: str) -> None:
+    if before is None:
+        return
+    now = code_digests()
+    changed = sorted(path for path in set(before) | set(now) if before.get(path) != now.get(path))
+    if changed:
+        raise EnvironmentChanged(
+            f"{', '.join(changed[:3])}{' and more' if len(changed) > 3 else ''} changed while {student} was graded: a "
+            "submission may have modified the code every kernel runs. Restore it (git status, pip), read that "
+            "notebook, and grade in a container with the environment read-only; if you edited it yourself, run again")
 
 
-def _read_submission(path: Path) -> tuple[nbformat.NotebookNode | None, str]:
+# --- the checks, as read once when grading starts -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExerciseInfo:
+    """What the grader needs to know of one exercise."""
+
+    name: str
+    title: str
+    variable: str
+    max_points: int
+
+
+@dataclass(frozen=True)
+class Checks:
+    """The checks module as the grader uses it: read once, so editing checks.py while grading changes nothing."""
+
+    module: str  # its import name in the kernels (hint use is read from it there)
+    source: str  # its source: the grading step builds a private copy from this text
+    exercises: tuple[ExerciseInfo, ...]
+    prelude: str  # the exercise notebook's import cell
+    student_key: Callable[[Mapping[str, object]], str]
+
+    @property
+    def full(self) -> int:
+        """Return the maximum total."""
+        return sum(ex.max_points for ex in self.exercises)
+
+    @classmethod
+    def load(cls, module: str | None = None) -> Checks:
+        """Return the checks of `module` (default CHECKS_MODULE; the contract of issue 14: EXERCISES, PRELUDE,
+        student_key)."""
+        module = module or CHECKS_MODULE
+        mod = importlib.import_module(module)
+        missing = [name for name in ("EXERCISES", "PRELUDE", "student_key") if not hasattr(mod, name)]
+        if missing:
+            raise UsageError(f"{module} has no {', '.join(missing)}: the grader needs the exercises' interface of "
+                             "issue 14")
+        exercises = tuple(ExerciseInfo(name, str(ex.title), str(ex.variable), int(ex.max_points))
+                          for name, ex in mod.EXERCISES.items())
+        for ex in exercises:
+            if not (ex.variable.isidentifier() and ex.max_points >= 1 and ex.name and ex.name != TOTAL):
+                raise UsageError(f"{module}: exercise {ex.name!r} needs a variable name and max_points >= 1")
+        source = Path(mod.__file__).read_text(encoding="utf-8")
+        return cls(module, source, exercises, str(mod.PRELUDE), mod.student_key)
+
+
+# --- submissions: names, files, cells -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One file to grade and the student it is recorded under."""
+
+    path: Path
+    student: str
+
+
+def student_name(file_name: str) -> str:
+    """Return the student a file name stands for: its stem, bytes that are not UTF-8 and unprintables escaped."""
+    stem = file_name[:-len(SUFFIX)] if file_name.lower().endswith(SUFFIX) else file_name
+    text = os.fsencode(stem).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def find_submissions(folder: Path) -> list[Submission]:
+    """Return the submissions in `folder` (every *.ipynb whatever its case, hidden files skipped), by file name."""
+    names = sorted(os.fsdecode(raw) for raw in os.listdir(os.fsencode(folder))  # bytes: any name can be listed
+                   if not raw.startswith(b".") and raw.lower().endswith(SUFFIX.encode()))
+    stems = [student_name(name) for name in names]
+    # Two files for one student (alice.ipynb, alice.IPYNB): each is recorded under its whole escaped file name.
+    return [Submission(Path(folder) / name, stem if stems.count(stem) == 1 else student_name(name + SUFFIX))
+            for name, stem in zip(names, stems, strict=True)]
+
+
+def read_submission(path: Path) -> tuple[nbformat.NotebookNode | None, str]:
+    """Return the notebook at `path` with its stored outputs cleared, or None and why it cannot be graded.
+
+    The reasons never quote the file: a notebook is never followed through a symbolic link, and a parse
+    error names where it is, not what is there."""
     try:
-        size = path.stat().st_size
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a fifo named x.ipynb must not block us
     except OSError as exc:
-        return None, f"the file cannot be read ({type(exc).__name__}: {exc}); hand it in again"
-    if size == 0:
-        return None, "empty file: nothing to grade; hand in the saved notebook"
-    if size > MAX_FILE_BYTES:
-        return None, (f"file of {size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit; clear the outputs and "
-                      "hand it in again")
+        if exc.errno == errno.ELOOP:
+            return None, "a symbolic link, not a notebook: not graded; hand in the notebook file itself"
+        return None, f"the file cannot be read ({exc.strerror}); hand it in again"
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        return None, "not a regular file (a folder, a pipe or a device): not graded; hand in the notebook file"
+    with os.fdopen(fd, "rb") as f:
+        if info.st_size == 0:
+            return None, "empty file: nothing to grade; hand in the saved notebook"
+        if info.st_size > MAX_FILE_BYTES:
+            return None, (f"file of {info.st_size:,} bytes is over the {MAX_FILE_BYTES:,}-byte limit; clear the "
+                          "outputs and hand it in again")
+        data = f.read(MAX_FILE_BYTES + 1)
     try:
-        nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)
+        content = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return None, f"not a notebook: not UTF-8 text (byte {exc.start:,}); open it in Jupyter, save, hand in again"
+    except json.JSONDecodeError as exc:
+        return None, (f"not a valid notebook: its JSON breaks at line {exc.lineno}, column {exc.colno}; open it in "
+                      "Jupyter, save, hand in again")
+    if not isinstance(content, dict) or "cells" not in content and "worksheets" not in content:
+        return None, "not a notebook (JSON, but not a notebook's); open it in Jupyter, save, hand in again"
+    try:
+        nb = nbformat.reads(json.dumps(content), as_version=4)
         for cell in nb.cells:  # stored outputs are never trusted or kept, so never judged either
             if cell.get("cell_type") == "code":
                 cell["outputs"], cell["execution_count"] = [], None
         nbformat.validate(nb)
-    except Exception as exc:  # JSON, encoding and schema errors alike
-        reason = " ".join(str(exc).split())[:200]
-        return None, f"not a valid notebook ({type(exc).__name__}: {reason}); open it in Jupyter, save, hand in again"
+    except Exception as exc:  # schema and conversion errors alike; their text may quote the file, so it is not kept
+        return None, (f"not a valid notebook ({type(exc).__name__}: it does not follow the notebook format); open it "
+                      "in Jupyter, save, hand in again")
     return nb, ""
 
 
-def _student_env() -> dict[str, str]:
-    # Smoke mode, and no variables that look like credentials: student code sees the rest.
-    secret = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
-    env = {k: v for k, v in os.environ.items() if not any(word in k.upper() for word in secret)}
-    return {**env, SMOKE_ENV: "1"}
+_ANSWER_LINE = re.compile(r"#\s*answer\s+(\w+)", re.IGNORECASE)  # "# Answer ex02: assign `block` ..."
 
 
-def grade_notebook(path: Path, timeout: float, grading_seconds: float = GRADING_SECONDS) -> list[Row]:
-    """Run one submission in a fresh kernel and working folder; return its rows, the TOTAL row last."""
-    student = path.stem
-    nb, problem = _read_submission(path)
-    if nb is None:
-        rows = _rows_for_all(student, problem)
-        return rows + [Row(student, TOTAL, 0, sum(r.max_points for r in rows), problem)]
-    nonce = secrets.token_hex(12)
-    nb.cells.append(nbformat.v4.new_code_cell(_hidden_cell(nonce)))
-    deadline = time.monotonic() + timeout
-    notes: list[str] = []
-    with tempfile.TemporaryDirectory(prefix=f"grade-{student}-") as workdir:
-        client = _LimitedClient(
-            nb, kernel_name="python3", allow_errors=True, interrupt_on_timeout=True,
-            error_on_timeout={"ename": "TimeoutError", "evalue": "time limit reached", "traceback": []},
-            timeout_func=lambda cell: int(grading_seconds) if cell is nb.cells[-1] else _left(deadline),
-            resources={"metadata": {"path": workdir}},
-        )
-        # A watchdog for code that ignores interrupts: past the limit and the grading time, kill the kernel.
-        killer = threading.Timer(timeout + grading_seconds + 10, _kill, args=(client,))
-        killer.start()
+def answer_cells(nb: nbformat.NotebookNode) -> list[tuple[str, str]]:
+    """Return (label, source) of the answer cells: nbgrader grade_id "<name>-answer", or first line "# Answer exNN"."""
+    found = []
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
+        first = _ANSWER_LINE.match(cell.source.lstrip().split("\n", 1)[0])
+        if isinstance(grade_id, str) and grade_id.endswith("-answer"):
+            found.append((grade_id[:-len("-answer")], cell.source))
+        elif first:
+            found.append((first.group(1), cell.source))
+    return found
+
+
+# --- the hidden cells ----------------------------------------------------------------------------------------
+
+# In the student's own kernel, after the notebook: how often hint() ran, and the key the notebook worked with.
+_REPORT = '''
+def _grader_report(path, module):
+    import json, sys
+    namespace = sys._getframe(1).f_globals
+    checks = sys.modules.get(module)
+    report = {"imported": checks is not None}
+    if checks is not None:
+        report["hints"] = {name: getattr(ex, "hints_used", None) for name, ex in checks.EXERCISES.items()}
         try:
-            client.execute(env=_student_env())
-        except DeadKernelError:
-            notes.append("the kernel died or was stopped (endless loop or crash)")
-        except Exception as exc:
-            notes.append(f"the notebook could not be run: {type(exc).__name__}: {' '.join(str(exc).split())[:200]}")
-        finally:
-            killer.cancel()
-    student_cells = [c for c in nb.cells[:-1] if c.cell_type == "code"]
-    errors = [o for c in student_cells for o in c.get("outputs", []) if o.output_type == "error"]
-    if client.timed_out:
-        notes.append(f"it did not finish within the {timeout:.0f} s limit")
-    if errors:
-        notes.append(f"{len(errors)} cell(s) raised an error")
-    if client.grading_timed_out:
-        notes.append(f"grading its answers took longer than {grading_seconds:.0f} s")
-    if client.dropped:
-        notes.append(f"output beyond {MAX_OUTPUT_BYTES:,} bytes was dropped")
-    results = _parse_results(nb.cells[-1], nonce)
-    if results is None:
-        failed = [f"{o.get('ename')}: {o.get('evalue')}" for o in nb.cells[-1].get("outputs", [])
-                  if o.output_type == "error"]
-        message = "; ".join(notes + [f"grading failed ({failed[0]})" if failed else "grading produced no results"])
-        rows = _rows_for_all(student, message)
-    else:
-        rows = [Row(student, name, int(points), int(max_points), str(message))
-                for name, (points, max_points, message) in results.items()]
-    total = Row(student, TOTAL, sum(r.points for r in rows), sum(r.max_points for r in rows),
-                "; ".join(notes) or "ran without errors")
-    return rows + [total]
+            report["key"] = checks.student_key(namespace)
+        except Exception:
+            pass
+    with open(path, "w") as f:
+        json.dump(report, f, default=repr)
+'''
 
-
-def _parse_results(cell: nbformat.NotebookNode, nonce: str) -> dict[str, list] | None:
-    """Return the grading cell's results (the last marked line), or None when missing or malformed."""
-    lines = [line for output in cell.get("outputs", []) for line in str(output.get("text", "")).splitlines()
-             if line.startswith(nonce)]
-    if not lines:
-        return None
+# In the clean grading kernel, before any student code: build the private checks and capture what the grading
+# step needs. It runs with a copy of the builtins taken now, so answer cells that later replace print, exec,
+# json.dumps, str or isinstance change nothing here; results go to a file opened now, never to the output.
+_SETUP = '''
+def setup(source, name, channel, key, namespace):
+    import builtins, json, os, sys, types
+    checks = types.ModuleType(name)
+    checks.__dict__["__builtins__"] = dict(builtins.__dict__)
+    sys.modules[name] = checks  # dataclasses look their module up while a class is built
     try:
-        results = json.loads(lines[-1][len(nonce):])
-    except ValueError:
+        exec(compile(source, "checks.py (the grader's private copy)", "exec"), checks.__dict__)
+    finally:
+        del sys.modules[name]
+    graders = [(exercise, ex.variable, ex.grade) for exercise, ex in checks.EXERCISES.items()]
+    fd = os.open(channel, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    dumps, write, close = json.dumps, os.write, os.close
+
+    def finish():
+        for exercise, variable, grade in graders:  # one line each, so a kill keeps the exercises already graded
+            try:
+                r = grade(namespace.get(variable), key)
+                line = {"exercise": exercise, "points": r.points, "max_points": r.max_points, "message": str(r.message)}
+            except Exception as exc:
+                line = {"exercise": exercise, "error": type(exc).__name__}
+            write(fd, (dumps(line) + "\\n").encode())
+        close(fd)
+
+    return finish
+'''
+
+
+def _setup_cell(checks: Checks, key: str, channel: Path, nonce: str) -> str:
+    return "\n".join([
+        "import builtins as _grader_builtins",
+        "_grader_env = {'__builtins__': dict(_grader_builtins.__dict__)}",
+        f"exec({_SETUP!r}, _grader_env)",
+        f"_grader_{nonce} = _grader_env['setup']({checks.source!r}, '_grader_checks_{nonce}', {str(channel)!r}, "
+        f"{key!r}, globals())",
+        "del _grader_builtins, _grader_env",
+    ])
+
+
+def _read_report(path: Path, checks: Checks) -> dict[str, object] | None:
+    """Return {"hints": {name: int}, "key": str | None} from the student's kernel, or None when unreadable."""
+    try:
+        with open(path, "rb") as f:
+            report = json.loads(f.read(MAX_RESULTS_BYTES))
+    except (OSError, ValueError):
         return None
-    if not isinstance(results, dict) or set(results) != set(checks.EXERCISES):
+    if not isinstance(report, dict):
         return None
-    for name, value in results.items():
-        maximum = checks.EXERCISES[name].max_points
-        if not (isinstance(value, list) and len(value) == 3 and value[0] in range(maximum + 1)
-                and value[1] == maximum and isinstance(value[2], str)):
+    hints: dict[str, int] = {}
+    if report.get("imported"):
+        given = report.get("hints")
+        if not isinstance(given, dict):
             return None
+        for ex in checks.exercises:
+            value = given.get(ex.name)
+            if type(value) is not int or not 0 <= value <= 10_000:
+                return None
+            hints[ex.name] = value
+    else:  # the notebook never imported the checks: no hint was shown
+        hints = {ex.name: 0 for ex in checks.exercises}
+    key = report.get("key")
+    return {"hints": hints, "key": key if isinstance(key, str) and len(key) <= 200 else None}
+
+
+def _read_results(channel: Path, checks: Checks) -> dict[str, tuple[int, str]]:
+    """Return {exercise: (points, message)} from the grading step's file: only complete, well-formed lines."""
+    maxima = {ex.name: ex.max_points for ex in checks.exercises}
+    try:
+        with open(channel, "rb") as f:
+            data = f.read(MAX_RESULTS_BYTES)
+    except OSError:
+        return {}
+    results: dict[str, tuple[int, str]] = {}
+    seen: set[str] = set()
+    for line in data.split(b"\n")[:-1]:  # a last line without its newline is torn: never taken
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        name = item.get("exercise") if isinstance(item, dict) else None
+        if name not in maxima:
+            continue
+        if name in seen:  # a second result for one exercise was not written by the grading step
+            results[name] = (0, "the grading step reported this exercise twice: not graded; read the notebook")
+            continue
+        seen.add(name)
+        points, maximum, message = item.get("points"), item.get("max_points"), item.get("message")
+        if "error" in item:
+            results[name] = (0, f"the check itself failed ({str(item['error'])[:100]}); grade it by hand")
+        elif type(points) is int and maximum == maxima[name] and 0 <= points <= maximum and isinstance(message, str):
+            results[name] = (points, message[:500])
     return results
 
 
-def _read_gradebook(gradebook: Path) -> list[dict[str, str]]:
-    if not gradebook.exists() or gradebook.stat().st_size == 0:
-        return []
-    with open(gradebook, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames != COLUMNS:
-            raise ValueError(f"{gradebook} is not a gradebook (its header is {reader.fieldnames}, expected "
-                             f"{COLUMNS}); choose another --out")
-        return list(reader)
+# --- one submission ------------------------------------------------------------------------------------------
 
 
-def graded_students(gradebook: Path) -> set[str]:
-    """Return the students whose TOTAL row is already in the gradebook."""
-    return {row["student"] for row in _read_gradebook(gradebook) if row["exercise"] == TOTAL}
+def _student_env(jobs: int) -> dict[str, str]:
+    # Smoke mode, no variables that look like credentials, and torch threads as runs.set_cpu_threads picks them
+    # (one on a CPU already busy, where two per process wait on each other), shared by the kernels running at once.
+    secret = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
+    env = {k: v for k, v in os.environ.items() if not any(word in k.upper() for word in secret)}
+    cores = os.cpu_count() or 1
+    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 0.5
+    env.setdefault("OMP_NUM_THREADS", str(1 if busy else max(1, cores // jobs)))
+    return {**env, SMOKE_ENV: "1"}
 
 
-def _drop_students(gradebook: Path, students: set[str]) -> None:
-    kept = [row for row in _read_gradebook(gradebook) if row["student"] not in students]
-    tmp = gradebook.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
-        writer.writeheader()
-        writer.writerows(kept)
-    os.replace(tmp, gradebook)
+def _errors(replies: list[Reply], interrupted: bool) -> list[tuple[int, Reply]]:
+    """Return (1-based cell number, reply) of the cells that raised, not counting the one the limit interrupted."""
+    found = [(i, r) for i, r in enumerate(replies, start=1) if r.status == "error"]
+    if interrupted and found and found[-1][0] == len(replies) and found[-1][1].ename == "KeyboardInterrupt":
+        found.pop()
+    return found
 
 
-def grade_folder(submissions: Path, gradebook: Path, timeout: float = 120, redo: bool = False,
-                 log: Callable[[str], None] = print) -> dict[str, tuple[int, int]]:
-    """Grade every .ipynb in `submissions` into `gradebook`; return {student: (points, max_points)} of this run."""
-    paths = sorted(Path(submissions).glob("*.ipynb"))
-    if not paths:
-        raise ValueError(f"no .ipynb files in {submissions}")
-    from mnist_lesson.data import ensure_mnist
+def _how_it_stopped(result: StepResult, seconds: float, prefix: str, what: str) -> str:
+    left = result.planned - len(result.replies)
+    if result.stopped == "time":
+        return f"{prefix}{what} did not finish within the {seconds:g} s limit ({left} cell(s) not run)"
+    if result.stopped == "killed":
+        return (f"{prefix}{what} did not finish within the {seconds:g} s limit and ignored the interrupt: the kernel "
+                f"was killed ({left - 1} cell(s) not run)")
+    if result.stopped == "died":
+        return (f"{prefix}the kernel stopped by itself in cell {len(result.replies) + 1} of {what} (exit(), a crash "
+                f"or too much memory; {left - 1} cell(s) not run)")
+    return ""
 
-    ensure_mnist(log=log)  # a missing data set is the instructor's problem, never blamed on a student
-    done = set() if redo else graded_students(gradebook)
-    todo = [p for p in paths if p.stem not in done]
-    if gradebook.exists():  # rows of students about to be graded (a redo, or a run cut short) go first
-        _drop_students(gradebook, {p.stem for p in todo})
-    if len(todo) < len(paths):
-        log(f"skipping {len(paths) - len(todo)} student(s) already in {gradebook} (use --redo to grade again)")
-    totals: dict[str, tuple[int, int]] = {}
-    new_file = not gradebook.exists() or gradebook.stat().st_size == 0
-    for i, path in enumerate(todo, start=1):
-        log(f"[{i}/{len(todo)}] grading {path.stem} ({len(todo) - i} left after this one)")
-        start = time.monotonic()
-        try:
-            rows = grade_notebook(path, timeout)
-        except Exception as exc:  # one student's notebook never stops the others being graded
-            reason = f"the grader failed on this notebook ({type(exc).__name__}: {exc}); grade it by hand"
-            rows = _rows_for_all(path.stem, reason)
-            rows.append(Row(path.stem, TOTAL, 0, sum(r.max_points for r in rows), reason))
-        with open(gradebook, "a", newline="") as f:
-            writer = csv.writer(f)
-            if new_file:
-                writer.writerow(COLUMNS)
-                new_file = False
-            writer.writerows([r.student, r.exercise, r.points, r.max_points, r.message] for r in rows)
+
+def _run_as_handed_in(nb: nbformat.NotebookNode, checks: Checks, key: str, limits: GradingLimits,
+                      env: dict[str, str], stop: threading.Event | None) -> tuple[list[str], dict[str, int] | None]:
+    """Run the whole notebook in its own kernel; return notes on how it ran and the hints used (None: unknown)."""
+    sources = [cell.source for cell in nb.cells if cell.get("cell_type") == "code"]
+    with Sandbox(env, stop, limits.grace) as box:
+        report_path = box.private / "report.json"
+        run, _ = box.run([Step("notebook", sources, limits.timeout),
+                          Step("report", [_REPORT + f"_grader_report({str(report_path)!r}, {checks.module!r})"],
+                               REPORT_SECONDS)])
+        report = _read_report(report_path, checks)
+    notes = [note for note in [_how_it_stopped(run, limits.timeout, "", "the notebook")] if note]
+    errors = _errors(run.replies, run.stopped == "time")
+    if errors:
+        notes.append(f"{len(errors)} cell(s) raised an error (first: code cell {errors[0][0]}, "
+                     f"{errors[0][1].describe()})")
+    if report is None:
+        notes.append("hint use could not be read")
+        return notes, None
+    if report["key"] not in (None, key):
+        notes.append(f"the notebook worked with student key {report['key']!r} but was graded as {key!r} (from its "
+                     "file name): numbers derived from another key do not match")
+    return notes, report["hints"]  # type: ignore[return-value]
+
+
+def _run_answers(answers: list[tuple[str, str]], checks: Checks, key: str, limits: GradingLimits,
+                 env: dict[str, str], stop: threading.Event | None) -> tuple[dict[str, tuple[int, str]], list[str]]:
+    """Grade the answer cells in a clean kernel; return {exercise: (points, message)}, and notes on how it went."""
+    nonce = secrets.token_hex(8)
+    with Sandbox(env, stop, limits.grace) as box:
+        channel = box.private / "results.jsonl"
+        setup, ran, graded = box.run([
+            Step("setup", [_setup_cell(checks, key, channel, nonce)], SETUP_SECONDS),
+            Step("answers", [f"STUDENT = {key!r}", checks.prelude] + [source for _, source in answers], limits.timeout),
+            Step("grading", [f"_grader_{nonce}()"], limits.grading)])
+        results = _read_results(channel, checks)
+    if setup.stopped or setup.replies[0].status != "ok":
+        failure = setup.replies[0].describe() if setup.replies else setup.stopped or "no reply"
+        raise GraderFailure(f"the grading step could not be set up ({failure})")
+    notes = [note for note in [_how_it_stopped(ran, limits.timeout, "grading: ", "the answer cells")] if note]
+    labels = ["STUDENT", "the import cell"] + [f"answer cell {label}" for label, _ in answers]
+    for number, reply in _errors(ran.replies, ran.stopped == "time"):
+        notes.append(f"grading: {labels[number - 1]} raised {reply.describe()}")
+    if any(reply.status == "error" for reply in ran.replies[2:]):
+        notes.append("grading runs only the answer cells: keep everything an answer needs inside its answer cell")
+    if graded.stopped in ("time", "killed"):
+        reason = f"not graded: checking took longer than the {limits.grading:g} s limit"
+    elif graded.stopped:
+        reason = "not graded: the grading kernel stopped (exit(), a crash or too much memory)"
+    elif graded.replies and graded.replies[0].status == "error":
+        reason = f"not graded: the grading step failed ({graded.replies[0].describe()}); did an answer cell interfere?"
+    else:
+        reason = "not graded: the grading step gave no result"
+    for ex in checks.exercises:
+        results.setdefault(ex.name, (0, reason))
+    return results, notes
+
+
+def _same_for_all(checks: Checks, student: str, message: str, hints: Mapping[str, int] | None = None) -> list[Row]:
+    rows = [Row(student, ex.name, 0, ex.max_points, None if hints is None else hints[ex.name], message)
+            for ex in checks.exercises]
+    return rows + [Row(student, TOTAL, 0, checks.full, None if hints is None else sum(hints.values()), message)]
+
+
+def grade_notebook(path: Path, student: str | None = None, checks: Checks | None = None,
+                   limits: GradingLimits = GradingLimits(), stop: threading.Event | None = None,
+                   jobs: int = 1, digests: Mapping[str, str] | None = None) -> list[Row]:
+    """Grade one submission; return its rows, one per exercise and the TOTAL row last.
+
+    Raises Stopped when `stop` is set while it runs, GraderFailure for a failure of the grading machine, and
+    EnvironmentChanged when `digests` (code_digests() from before) no longer match after one of its kernels."""
+    checks = checks or Checks.load()
+    student = student if student is not None else student_name(path.name)
+    nb, problem = read_submission(path)
+    if nb is None:
+        return _same_for_all(checks, student, problem)
+    key = checks.student_key({"STUDENT": student})
+    env = _student_env(jobs)
+    try:
+        with sandbox.reaping():
+            notes, hints = _run_as_handed_in(nb, checks, key, limits, env, stop)
+            _check_code(digests, student)  # before the grading kernel imports any of it
+            answers = answer_cells(nb)
+            if not answers:
+                message = ("the answer cells could not be found (no cell has nbgrader metadata '<exercise>-answer' "
+                           "or a first line '# Answer exNN'): not graded; grade it by hand")
+                return _same_for_all(checks, student, "; ".join([message] + notes), hints)
+            results, grading_notes = _run_answers(answers, checks, key, limits, env, stop)
+            _check_code(digests, student)
+    except sandbox.KernelStartError as exc:
+        raise GraderFailure(str(exc)) from exc
+    rows = [Row(student, ex.name, results[ex.name][0], ex.max_points, None if hints is None else hints[ex.name],
+                results[ex.name][1]) for ex in checks.exercises]
+    total_hints = None if hints is None else sum(hints.values())
+    message = "; ".join(notes + grading_notes) or "ran without errors"
+    return rows + [Row(student, TOTAL, sum(r.points for r in rows), checks.full, total_hints, message)]
+
+
+# --- the gradebook: the grader's record, and the files written from it ----------------------------------------
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _replace(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically: a temporary file in the same folder, synced, then renamed over it."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        total = rows[-1]
-        totals[path.stem] = (total.points, total.max_points)
-        log(f"    {total.points}/{total.max_points} in {time.monotonic() - start:.0f} s: {total.message}")
-    if totals:
-        mean = sum(p for p, _ in totals.values()) / len(totals)
-        full = sum(p == m for p, m in totals.values())
-        log(f"graded {len(totals)} notebook(s): mean {mean:.2f} points, {full} with full marks; gradebook {gradebook}")
-    return totals
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def feedback_file(student: str) -> str:
+    """Return the feedback file name of `student`: the name itself where it is a safe file name, else a hash."""
+    if student.isprintable() and "/" not in student and "\\" not in student and not student.startswith(".") \
+            and len(student.encode()) <= 200:
+        return f"{student}.md"
+    return f"student-{hashlib.sha256(student.encode()).hexdigest()[:12]}.md"
+
+
+def feedback_text(rows: list[Row], checks: Checks) -> str:
+    """Return a student's feedback in markdown: the total, how the notebook ran, each exercise's points and message."""
+    total, titles = rows[-1], {ex.name: ex.title for ex in checks.exercises}
+    lines = [f"# {total.student}: {total.points} of {total.max_points} points", "",
+             f"How the notebook ran: {total.message}.", ""]
+    if total.hints is not None:
+        lines += [f"Hints used: {total.hints}.", ""]
+    for row in rows[:-1]:
+        lines += [f"## {row.exercise} · {titles.get(row.exercise, '')}: {row.points} of {row.max_points}", "",
+                  row.message, ""]
+        if row.hints:
+            lines += [f"Hints used: {row.hints}.", ""]
+    return "\n".join(lines)
+
+
+def check_output(path: Path, what: str, folder: bool = False) -> Path:
+    """Return `path` if it can be written as an output file (or folder); raise UsageError before any grading if not."""
+    if not path.parent.is_dir():
+        raise UsageError(f"{what} {path}: the folder {path.parent} does not exist; create it or choose another")
+    if path.exists() and path.is_dir() != folder:
+        raise UsageError(f"{what} {path} is {'not ' if folder else ''}a folder; choose another")
+    return path
+
+
+class Gradebook:
+    """The record of finished students, and the files written from it: `with Gradebook(...) as book:` holds the lock.
+
+    Files: the long CSV (COLUMNS, a TOTAL row per student), a wide CSV (a row per student: points per exercise,
+    total, hints) and a markdown feedback file per student."""
+
+    def __init__(self, path: Path, checks: Checks, wide: Path | None = None, feedback: Path | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        self.path, self.checks, self.log = Path(path), checks, log
+        self.wide = check_output(Path(wide) if wide else self.path.with_name(f"{self.path.stem}-wide.csv"), "--wide")
+        self.feedback = check_output(Path(feedback) if feedback else self.path.with_name(f"{self.path.stem}-feedback"),
+                                     "--feedback", folder=True)
+        self.students: dict[str, list[Row]] = {}
+        self.changed = 0  # times a file was found changed behind the grader's back
+        self._written: dict[Path, str | None] = {}
+        self._lock_fd: int | None = None
+
+    def __enter__(self) -> Gradebook:
+        import fcntl
+
+        lock = self.path.with_name(f"{self.path.name}.lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UsageError(f"another grader is writing {self.path} (it holds {lock}); wait for it to finish, or "
+                             "choose another --out") from None
+        self._lock_fd = fd
+        try:
+            self._load()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing releases the lock
+            self._lock_fd = None
+
+    def _load(self) -> None:
+        for target in (self.path, self.wide):
+            self._written[target] = _digest(target)
+        try:
+            text = self.path.read_bytes().decode("utf-8")
+        except FileNotFoundError:
+            return
+        except UnicodeDecodeError:
+            raise UsageError(f"{self.path} is not a gradebook (not UTF-8 text); choose another --out") from None
+        if not text:
+            return
+        lines = text.splitlines(keepends=True)
+        if not lines[-1].endswith("\n"):  # a torn last row is never taken as graded
+            self.log(f"the last row of {self.path} is incomplete (the grader was cut off): its student is graded again")
+            lines.pop()
+        try:
+            records = list(csv.reader(lines))
+        except csv.Error as exc:
+            raise UsageError(f"{self.path} is not a gradebook ({exc}); choose another --out") from None
+        header = records[0] if records else COLUMNS
+        if header not in (COLUMNS, _OLD_COLUMNS):
+            raise UsageError(f"{self.path} is not a gradebook (its header is {header}, expected {COLUMNS}); choose "
+                             "another --out")
+        unreadable = 0
+        for cells in records[1:]:
+            item = dict(zip(header, cells, strict=False))
+            try:
+                hints = item.get("hints", "")
+                row = Row(item["student"], item["exercise"], int(item["points"]), int(item["max_points"]),
+                          int(hints) if hints else None, item["message"])
+            except (KeyError, ValueError):
+                unreadable += 1
+                continue
+            self.students.setdefault(row.student, []).append(row)
+        if unreadable:
+            self.log(f"{unreadable} unreadable row(s) in {self.path} were dropped; their students are graded again")
+
+    def complete(self, student: str) -> bool:
+        """Return whether `student` has a full, consistent set of rows for the current exercises."""
+        rows = self.students.get(student, [])
+        expected = [(ex.name, ex.max_points) for ex in self.checks.exercises] + [(TOTAL, self.checks.full)]
+        return ([(r.exercise, r.max_points) for r in rows] == expected
+                and all(0 <= r.points <= r.max_points for r in rows)
+                and rows[-1].points == sum(r.points for r in rows[:-1]))
+
+    def graded(self) -> set[str]:
+        """Return the students already graded (a complete set of rows)."""
+        return {student for student in self.students if self.complete(student)}
+
+    def record(self, rows: list[Row]) -> None:
+        """Add one student's rows (replacing any earlier ones) and write every file from the record."""
+        self.students[rows[-1].student] = rows
+        self.save([rows[-1].student])
+
+    def _long(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        writer.writerows(row.cells() for student in sorted(self.students) for row in self.students[student])
+        return out.getvalue()
+
+    def _wide(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["student"] + [ex.name for ex in self.checks.exercises] + ["total", "hints"])
+        for student in sorted(self.students):
+            if self.complete(student):
+                rows = self.students[student]
+                total = rows[-1]
+                writer.writerow([student] + [r.points for r in rows[:-1]]
+                                + [total.points, "" if total.hints is None else total.hints])
+        return out.getvalue()
+
+    def save(self, feedback_for: list[str] | None = None) -> None:
+        """Write the long and wide CSVs from the record, and the feedback of `feedback_for` (None: everyone);
+        a file changed by anything but the grader since it last wrote it is reported, then rewritten."""
+        for target, text in ((self.path, self._long()), (self.wide, self._wide())):
+            if _digest(target) != self._written.get(target):
+                self.changed += 1
+                self.log(f"{target} was changed by something other than this grader (a submission?); rewritten from "
+                         "the grader's own record")
+            _replace(target, text)
+            self._written[target] = hashlib.sha256(text.encode()).hexdigest()
+        self.feedback.mkdir(exist_ok=True)
+        for student in self.students if feedback_for is None else feedback_for:
+            if self.complete(student):
+                _replace(self.feedback / feedback_file(student), feedback_text(self.students[student], self.checks))
+
+
+def graded_students(gradebook: Path, checks: Checks | None = None) -> set[str]:
+    """Return the students with a complete set of rows in the gradebook at `gradebook` (read without the lock)."""
+    book = Gradebook(gradebook, checks or Checks.load(), log=lambda message: None)
+    book._load()
+    return book.graded()
+
+
+# --- a folder of submissions ---------------------------------------------------------------------------------
+
+
+@dataclass
+class GradingSummary:
+    """What one run of grade_folder did."""
+
+    totals: dict[str, tuple[int, int]] = field(default_factory=dict)  # student: (points, max_points), this run
+    failed: dict[str, str] = field(default_factory=dict)  # student: why the grader failed (nothing recorded)
+    skipped: int = 0  # already graded
+    changed: int = 0  # times the gradebook was found changed behind the grader's back
+
+
+def _stop_workers(threads: list[threading.Thread], stop: threading.Event, log: Callable[[str], None]) -> None:
+    stop.set()
+    end = time.monotonic() + 60
+    while any(t.is_alive() for t in threads) and time.monotonic() < end:
+        try:
+            for t in threads:
+                t.join(timeout=0.2)
+        except KeyboardInterrupt:
+            log("stopping: the kernels are being killed, a moment please")
+
+
+def grade_folder(submissions: Path, gradebook: Path, limits: GradingLimits = GradingLimits(), *, jobs: int = 1,
+                 redo: bool = False, wide: Path | None = None, feedback: Path | None = None,
+                 checks: Checks | None = None, check_data: bool = True,
+                 log: Callable[[str], None] = print) -> GradingSummary:
+    """Grade every submission in `submissions` into `gradebook` (and its wide CSV and feedback files), `jobs`
+    kernels at once; return what this run graded. Ctrl-C stops it cleanly: KeyboardInterrupt, nothing recorded
+    for the students in progress."""
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise UsageError(f"jobs must be a whole number of at least 1, not {jobs!r}")
+    gradebook = check_output(Path(gradebook), "--out")
+    book_args = (check_output(Path(wide), "--wide") if wide else None,
+                 check_output(Path(feedback), "--feedback", folder=True) if feedback else None)
+    if not Path(submissions).is_dir():
+        raise UsageError(f"{submissions} is not a folder of {SUFFIX} submissions")
+    found = find_submissions(Path(submissions))
+    if not found:
+        raise UsageError(f"no {SUFFIX} files in {submissions}")
+    checks = checks or Checks.load()
+    summary = GradingSummary()
+    with Gradebook(gradebook, checks, *book_args, log=log) as book:
+        if check_data:
+            from mnist_lesson.data import ensure_mnist
+
+            ensure_mnist(log=log)  # a missing data set is the instructor's problem, never blamed on a student
+        done = set() if redo else book.graded()
+        todo = [s for s in found if s.student not in done]
+        summary.skipped = len(found) - len(todo)
+        if summary.skipped:
+            log(f"skipping {summary.skipped} student(s) already in {gradebook} (use --redo to grade again)")
+        if todo:
+            log(sandbox.describe_isolation())
+        with sandbox.reaping():
+            if leftovers := sandbox.sweep_leftovers():
+                log(f"killed {leftovers} process(es) left behind by an earlier grader that was killed")
+            _grade_all(todo, book, summary, checks, limits, jobs, redo, code_digests(), log)
+        book.save()  # every kernel is gone: the final state of every file is the record's
+        summary.changed = book.changed
+    if summary.totals:
+        mean = sum(p for p, _ in summary.totals.values()) / len(summary.totals)
+        full = sum(p == m for p, m in summary.totals.values())
+        log(f"graded {len(summary.totals)} notebook(s): mean {mean:.2f} of {checks.full} points, {full} with full "
+            f"marks; {gradebook}, {book.wide}, feedback in {book.feedback}/")
+    if summary.failed:
+        log(f"{len(summary.failed)} notebook(s) could not be graded because of the grader ({', '.join(summary.failed)})"
+            "; nothing was recorded for them: run again to retry")
+    return summary
+
+
+def _grade_all(todo: list[Submission], book: Gradebook, summary: GradingSummary, checks: Checks,
+               limits: GradingLimits, jobs: int, redo: bool, digests: Mapping[str, str],
+               log: Callable[[str], None]) -> None:
+    """Grade `todo` with `jobs` worker threads; this thread alone records the results. Raises KeyboardInterrupt
+    (Ctrl-C) or EnvironmentChanged after stopping the workers and saving what finished."""
+    tasks: queue.SimpleQueue[Submission] = queue.SimpleQueue()
+    for sub in todo:
+        tasks.put(sub)
+    events: queue.SimpleQueue[tuple[str, Submission, object]] = queue.SimpleQueue()
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                sub = tasks.get_nowait()
+            except queue.Empty:
+                return
+            events.put(("start", sub, time.monotonic()))
+            try:
+                events.put(("done", sub, grade_notebook(sub.path, sub.student, checks, limits, stop, jobs, digests)))
+            except Stopped:
+                events.put(("stopped", sub, None))
+            except BaseException as exc:  # one notebook never stops the others; nothing is recorded for it
+                events.put(("failed", sub, exc))
+
+    threads = [threading.Thread(target=work, name=f"grader-{i}", daemon=True) for i in range(min(jobs, len(todo)))]
+    for t in threads:
+        t.start()
+    started: dict[str, float] = {}  # in progress: student -> start time
+    begun, finished = [0], 0
+
+    def handle(kind: str, sub: Submission, value: object) -> None:
+        nonlocal finished
+        if kind == "start":
+            started[sub.student] = float(value)  # type: ignore[arg-type]
+            begun[0] += 1
+            log(f"[{begun[0]}/{len(todo)}] grading {sub.student} ({len(todo) - begun[0]} left after this one)")
+            return
+        if isinstance(value, EnvironmentChanged):
+            raise value  # stops every worker: its student stays in `started`, recorded as nothing
+        finished += 1
+        seconds = time.monotonic() - started.pop(sub.student, time.monotonic())
+        if kind == "done":
+            rows: list[Row] = value  # type: ignore[assignment]
+            book.record(rows)
+            summary.totals[sub.student] = (rows[-1].points, rows[-1].max_points)
+            log(f"    {sub.student}: {rows[-1].points}/{rows[-1].max_points} in {seconds:.0f} s: {rows[-1].message}")
+        elif kind == "failed":
+            summary.failed[sub.student] = f"{type(value).__name__}: {value}"
+            log(f"    {sub.student}: NOT graded, the grader failed ({type(value).__name__}: {value}); it is retried on "
+                "the next run")
+
+    try:
+        while finished < len(todo):
+            try:
+                handle(*events.get(timeout=0.5))
+            except queue.Empty:
+                if not any(t.is_alive() for t in threads) and events.empty():
+                    break  # (only if a worker died without a word: every result sends one)
+    except (KeyboardInterrupt, EnvironmentChanged) as exc:
+        _stop_workers(threads, stop, log)
+        while True:  # results that were complete before the stop are kept; the rest are dropped
+            try:
+                kind, sub, value = events.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "done" or kind == "failed" and not isinstance(value, EnvironmentChanged):
+                handle(kind, sub, value)
+        book.save()  # the kernels are gone: the files hold exactly the record
+        left = len(todo) - len(summary.totals)
+        skip = "drop --redo to skip the students already graded" if redo else "students already graded are skipped"
+        log(f"{'interrupted' if isinstance(exc, KeyboardInterrupt) else 'stopped'}: {len(summary.totals)} student(s) "
+            f"graded in this run are saved in {book.path}; nothing was recorded for "
+            f"{', '.join(started) or 'anyone in progress'}. Run the same command again to grade the {left} left "
+            f"({skip}).")
+        raise

@@ -33,7 +33,8 @@ def load_script(name: str) -> ModuleType:
 ARGUMENTS = {"design.py": ["steps"]}
 
 
-@pytest.mark.parametrize("script", [name for name in SCRIPTS if name != "readme_tables.py"])
+# readme_tables.py trains nothing; the grader always runs notebooks in smoke mode, so grading.py does not care.
+@pytest.mark.parametrize("script", [name for name in SCRIPTS if name not in {"readme_tables.py", "grading.py"}])
 def test_benchmarks_refuse_smoke_mode(script: str) -> None:
     env = {**os.environ, "MNIST_LESSON_SMOKE": "1"}
     done = subprocess.run([sys.executable, f"benchmarks/{script}", *ARGUMENTS.get(script, [])], cwd=REPO, env=env,
@@ -67,3 +68,5 @@ def test_every_benchmark_script_shares_the_common_boilerplate() -> None:
         source = (REPO / "benchmarks" / name).read_text()
         assert "from common import" in source, name
         assert "smoke_mode()" not in source, f"{name}: use common.refuse_smoke_mode"
+        if name not in {"readme_tables.py", "grading.py"}:
+            assert "refuse_smoke_mode(" in source, name

@@ -1,7 +1,11 @@
-"""Exercise checks and the student version of the exercise notebook."""
+"""Exercise checks, per-student numbers, hints, and the student version of the exercise notebook."""
 
 from __future__ import annotations
 
+import math
+import re
+import sys
+import types
 from pathlib import Path
 
 import nbformat
@@ -9,78 +13,383 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_lesson.checks import EXERCISES, ex02, ex03, ex04, ex05, ex06, ex07, plain_block
+from mnist_lesson import checks
+from mnist_lesson.budget import count_parameters
+from mnist_lesson.checks import EXERCISES, PRELUDE, ex02, ex03, ex04, ex06, ex07, ex08, q01, q02, q07a, q07c
 from mnist_lesson.colab import badge
-from mnist_lesson.exercises import BEGIN, END, RAISES_TAGS, student_version
-from mnist_lesson.models import conv_block
+from mnist_lesson.exercises import BEGIN, END, student_version, write_student_version
+from mnist_lesson.explore import KnobNet, Knobs
+from mnist_lesson.models import conv_block, get_model, transition_block
+from mnist_lesson.receptive_field import layer_table
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCE = REPO / "notebooks" / "exercises.ipynb"
-STUDENT = REPO / "notebooks" / "student" / "exercises.ipynb"
+SOURCE = REPO / "instructor" / "exercises.ipynb"
+STUDENT_NOTEBOOK = REPO / "notebooks" / "exercises.ipynb"
+KEYS = [f"student{i:02d}" for i in range(40)]
+KEY = "alice"
+NUMERIC = [name for name in EXERCISES if name.startswith("q")]  # questions answered by numbers (or letters)
+BUILT = [name for name in EXERCISES if not name.startswith("q")]
+TRAINS = {"ex07", "ex08"}  # their checks train the model briefly
 
 
-def bn_block(dropout: float = 0.0) -> nn.Sequential:
+def answer_cells(path: Path = SOURCE) -> dict[str, str]:
+    nb = nbformat.read(path, as_version=4)
+    return {c.metadata["nbgrader"]["grade_id"][:-len("-answer")]: c.source for c in nb.cells
+            if c.metadata.get("nbgrader", {}).get("grade_id", "").endswith("-answer")}
+
+
+def solutions(key: str, names: list[str] | None = None) -> dict[str, object]:
+    """Run the instructor's answer cells as the grader does (STUDENT, the import cell, the answers); return answers."""
+    namespace: dict[str, object] = {"STUDENT": key}
+    exec(PRELUDE, namespace)
+    for name, source in answer_cells().items():
+        if names is None or name in names:
+            exec(source, namespace)
+    return {name: namespace[EXERCISES[name].variable] for name in (names or EXERCISES)}
+
+
+# --- correct answers, from the instructor's notebook, for several students --------------------------------
+
+
+@pytest.mark.parametrize("key", [KEY, "anonymous", "Bob Smith"])
+def test_the_solutions_earn_full_points_for_every_student(key: str) -> None:
+    names = [n for n in EXERCISES if n not in TRAINS or key == KEY]  # training twice per key is slow
+    for name, answer in solutions(key, names).items():
+        result = EXERCISES[name].grade(answer, checks.student_key({"STUDENT": key}))
+        assert result.passed and result.points == EXERCISES[name].max_points, (name, result.message)
+
+
+def test_no_answer_cell_overwrites_another_exercises_answer() -> None:
+    # The grader runs every answer cell, then grades: a helper named like an earlier answer would replace it.
+    variables = {exercise.variable for exercise in EXERCISES.values()}
+    for name, source in answer_cells().items():
+        assigned = set(re.findall(r"^(?:def |class )?(\w+)", source, re.MULTILINE))
+        assert assigned & variables == {EXERCISES[name].variable}, name
+
+
+def test_points_reflect_effort() -> None:
+    assert all(EXERCISES[name].max_points in (1, 2) for name in NUMERIC)  # a point per number asked for
+    assert all(2 <= EXERCISES[name].max_points <= 4 for name in BUILT)
+    assert list(EXERCISES) == [ex.name for ex in EXERCISES.values()]
+
+
+# --- the numbers are each student's own ---------------------------------------------------------------------
+
+
+def test_student_key_comes_from_the_notebook_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(checks.STUDENT_ENV, raising=False)
+    assert {checks.student_key(namespace) for namespace in ({}, {"STUDENT": "  "}, {"STUDENT": 7})} == {"anonymous"}
+    assert checks.student_key({"STUDENT": "  Alice   Smith "}) == "alice smith"
+    monkeypatch.setenv(checks.STUDENT_ENV, "Bob")
+    assert checks.student_key({}) == "bob" and checks.student_key({"STUDENT": "alice"}) == "alice"
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_numbers_differ_between_students_and_stay_the_same_for_one(name: str) -> None:
+    exercise = EXERCISES[name]
+    assert exercise.given(KEY) == exercise.given(KEY) and exercise.text(KEY) == exercise.text(KEY)
+    assert len({exercise.text(key) for key in KEYS}) >= 5, "too few different questions across 40 students"
+
+
+def test_numbers_do_not_depend_on_the_process() -> None:
+    # A hash of key and exercise, not Python's randomized hash(): these are fixed forever.
+    assert q07c.given("alice") == {"images": 48_000, "batch": 256, "epochs": 16}
+
+
+def test_the_question_and_the_numbers_follow_the_notebooks_student(capsys: pytest.CaptureFixture[str]) -> None:
+    namespace = {"STUDENT": "alice", "q02": q02}
+    exec("q02.question()\ngiven = q02.numbers()", namespace)
+    out = capsys.readouterr().out
+    assert "'alice'" in out and q02.text("alice") in out and namespace["given"] == q02.given("alice")
+    exec("STUDENT = ''\nq02.question()", namespace)
+    assert "'anonymous' (set STUDENT at the top" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+def test_a_neighbours_answer_fails(name: str) -> None:
+    exercise = EXERCISES[name]
+    mine = solutions(KEY, [name])[name]
+    others = [key for key in KEYS if not exercise.grade(mine, key).passed]
+    assert others, f"{name}: every student has the same answer"
+    assert len(others) >= len(KEYS) // 2, f"{name}: a copied answer passes for too many students"
+
+
+# --- independent oracles for the numbers the checks expect -------------------------------------------------
+
+
+def built_stack(layers: list[dict[str, int]], keep_size: bool) -> nn.Sequential:
+    modules: list[nn.Module] = []
+    for layer in layers:
+        if layer["kind"] == "pool":
+            modules.append(nn.MaxPool2d(2))
+        else:
+            padding = layer["k"] // 2 if keep_size else layer["p"]
+            modules.append(nn.Conv2d(1, 1, layer["k"], padding=padding, stride=layer.get("s", 1)))
+    return nn.Sequential(*modules)
+
+
+@pytest.mark.parametrize("key", KEYS[:10])
+def test_output_sides_rfs_and_counts_agree_with_torch(key: str) -> None:
+    side = built_stack(q01.given(key)["layers"], keep_size=False)(torch.zeros(1, 1, 28, 28)).shape[-1]
+    assert q01.grade(side, key).passed
+    table = layer_table(built_stack(q02.given(key)["layers"], keep_size=True))
+    assert q02.grade((table.final_rf, table.rows[-1].jump), key).passed
+    n = EXERCISES["q03"].given(key)
+    design_a = count_parameters(nn.Conv2d(n["c_in"], n["c_out"], 3, bias=False))
+    design_b = count_parameters(nn.Sequential(nn.Conv2d(n["c_in"], n["squeeze"], 1, bias=False),
+                                              nn.Conv2d(n["squeeze"], n["c_out"], 3, bias=False)))
+    assert EXERCISES["q03"].grade(design_a - design_b, key).passed
+    n = EXERCISES["q04"].given(key)
+    layer = nn.Sequential(nn.Conv2d(n["c_in"], n["c_out"], n["k"]), nn.BatchNorm2d(n["c_out"]))
+    assert EXERCISES["q04"].grade(count_parameters(layer), key).passed
+    n = EXERCISES["q08"].given(key)
+    plain = count_parameters(nn.Conv2d(n["c_in"], n["c_out"], 3, bias=False))
+    separable = count_parameters(nn.Sequential(nn.Conv2d(n["c_in"], n["c_in"], 3, groups=n["c_in"], bias=False),
+                                               nn.Conv2d(n["c_in"], n["c_out"], 1, bias=False)))
+    assert EXERCISES["q08"].grade((plain, separable), key).passed
+
+
+@pytest.mark.parametrize("key", KEYS[:3])
+def test_the_schedule_question_agrees_with_onecycle(key: str) -> None:
+    n = q07c.given(key)
+    steps = n["epochs"] * len(range(0, n["images"], n["batch"]))
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=steps)
+    rates = []
+    for _ in range(steps):
+        rates.append(optimizer.param_groups[0]["lr"])  # the rate the next optimizer step uses
+        optimizer.step()
+        schedule.step()
+    peak = max(range(steps), key=rates.__getitem__) + 1  # counting steps from 1
+    assert q07c.grade((steps, peak), key).passed and q07c.grade([steps, peak - 1], key).passed
+    assert not q07c.grade((steps, peak + 5), key).passed
+
+
+@pytest.mark.parametrize("key", KEYS[:20])
+def test_the_noise_question_agrees_with_the_courses_compare(key: str) -> None:
+    from mnist_lesson.studies import DesignSummary, compare
+
+    n = q07a.given(key)
+    before, after = (DesignSummary(label, label, 0, dict(enumerate(figures)), {}) for label, figures in
+                     [("before", n["before"]), ("after", n["after"])])
+    verdict = "larger than the seed-to-seed noise" in compare(before, after)
+    assert q07a.grade((round(after.mean - before.mean, 2), verdict), key).passed
+    assert q07a.grade((round(after.mean - before.mean, 2), not verdict), key).points == 1
+
+
+@pytest.mark.parametrize("key", KEYS[:6])
+def test_the_best_receptive_field_for_the_budget_is_the_best(key: str) -> None:
+    """Every layout at the minimum width without biases (the cheapest of each): none under the budget beats the
+    one the check gives full points, and that one exists."""
+    n = ex02.given(key)
+    best = None
+    for convs in range(1, 11):
+        for before in range(n["before_pool"], convs + 1):
+            layers: list[nn.Module] = []
+            for number in range(1, convs + 1):
+                layers += [nn.Conv2d(1 if number == 1 else n["width"], n["width"], 3, padding=1, bias=False), nn.ReLU()]
+                if number == before:
+                    layers.append(nn.MaxPool2d(2))
+            block = nn.Sequential(*layers)
+            if count_parameters(block) < n["budget"]:
+                rf = layer_table(block).final_rf
+                best = max(best or (0, block), (rf, block), key=lambda item: item[0])
+    assert best is not None and ex02.grade(best[1], key).points == 3
+
+
+# --- wrong answers say what is wrong; partial credit -------------------------------------------------------
+
+
+def plain_convs(widths: list[int], bias: bool = True, pool_after: int | None = None) -> list[nn.Module]:
     layers: list[nn.Module] = []
-    for c_in, c_out in [(1, 8), (8, 16), (16, 16)]:
-        layers += [nn.Conv2d(c_in, c_out, 3), nn.ReLU(), nn.BatchNorm2d(c_out)]
-        if dropout:
-            layers.append(nn.Dropout2d(dropout))
-    return nn.Sequential(*layers)
+    for i, (c_in, c_out) in enumerate(zip([1, *widths[:-1]], widths, strict=True), start=1):
+        layers += [nn.Conv2d(c_in, c_out, 3, bias=bias), nn.ReLU()]
+        if i == pool_after:
+            layers.append(nn.MaxPool2d(2))
+    return layers
 
 
-GOOD = {
-    "ex02": nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(),
-                          nn.MaxPool2d(2), nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3), nn.ReLU()),
-    "ex03": nn.Conv2d(32, 8, 1, bias=False),
-    "ex04": bn_block(),
-    "ex05": bn_block(dropout=0.1),
-    "ex06": nn.Sequential(nn.AvgPool2d(4), nn.Conv2d(16, 10, 1), nn.Flatten(), nn.LogSoftmax(dim=1)),
-    "ex07": nn.Sequential(conv_block(1, 8, padding=1), conv_block(8, 12), conv_block(12, 16), nn.MaxPool2d(2),
-                          conv_block(16, 8, kernel_size=1), conv_block(8, 12), conv_block(12, 16), conv_block(16, 12),
-                          nn.AdaptiveAvgPool2d(1), nn.Conv2d(12, 10, 1, bias=False), nn.Flatten(),
-                          nn.LogSoftmax(dim=1)),
+def test_numeric_answers_wrong_in_part_earn_part() -> None:
+    answers = solutions(KEY, ["q02", "q07a", "q07c", "q08"])
+    rf, jump = answers["q02"]
+    result = q02.grade((rf, jump + 1), KEY)
+    assert result.points == 1 and "the jump" in result.message and "the RF" not in result.message
+    result = q02.grade((rf + 2, "many"), KEY)
+    assert result.points == 0 and "whole number" in result.message
+    difference, clear = answers["q07a"]
+    assert q07a.grade((difference + 0.5, clear), KEY).points == 1
+    steps, peak = answers["q07c"]
+    assert q07c.grade((steps, steps // 2), KEY).points == 1
+    plain, separable = answers["q08"]
+    assert EXERCISES["q08"].grade((separable, plain), KEY).points == 0
+
+
+def test_numeric_answers_are_read_kindly() -> None:
+    side = solutions(KEY, ["q01"])["q01"]
+    for same in (float(side), str(side), torch.tensor(side), f" {side} "):
+        assert q01.grade(same, KEY).passed, same
+    for wrong, expected in [(True, "not True"), ("lots", "whole number"), ([side], "whole number"),
+                            (float("nan"), "whole number"), (side + 0.5, "whole number")]:
+        result = q01.grade(wrong, KEY)
+        assert result.points == 0 and expected.split()[-1] in result.message, (wrong, result.message)
+    assert "pair" in q02.grade(5, KEY).message
+    letters = solutions(KEY, ["q07b"])["q07b"]
+    assert EXERCISES["q07b"].grade("".join(sorted(letters)).upper(), KEY).passed
+    assert "not one of the options" in EXERCISES["q07b"].grade({"z"}, KEY).message
+
+
+def test_the_most_receptive_field_for_the_budget_earns_by_tiers() -> None:
+    n = ex02.given(KEY)  # width 12, budget 5,528, the pool after at least 1 conv: 5 convs fit, RF 20 at best
+    width, best = n["width"], checks._best_rf_ex02(n)
+    assert (width, n["before_pool"], best) == (12, 1, 20)
+    assert ex02.grade(nn.Sequential(*plain_convs([width] * 5, pool_after=1)), KEY).points == 3
+    late = ex02.grade(nn.Sequential(*plain_convs([width] * 5, pool_after=2)), KEY)
+    assert late.points == 2 and "RF 18" in late.message and "allows RF 20" in late.message
+    assert ex02.grade(nn.Sequential(*plain_convs([width] * 2, pool_after=1)), KEY).points == 1
+    over = ex02.grade(nn.Sequential(*plain_convs([width] * 6, pool_after=1)), KEY)
+    assert over.points == 0 and "over by" in over.message
+    early = ex02.grade(nn.Sequential(nn.MaxPool2d(2), *plain_convs([width] * 5)), KEY)
+    assert early.points == 0 and "after 0 convolution(s)" in early.message
+
+
+CHEAP_EX02 = {  # answers that passed the old exercise: RF >= 16 under 6,000 parameters
+    "1-channel convs": nn.Sequential(nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3), nn.MaxPool2d(2),
+                                     nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3)),
+    "the old solution": nn.Sequential(*plain_convs([8, 8, 8], pool_after=3), nn.Conv2d(8, 16, 3), nn.ReLU(),
+                                      nn.Conv2d(16, 16, 3), nn.ReLU()),
+    "depthwise tricks": nn.Sequential(nn.Conv2d(1, 16, 3), *[nn.Conv2d(16, 16, 3, groups=16) for _ in range(3)],
+                                      nn.MaxPool2d(2), *[nn.Conv2d(16, 16, 3, groups=16) for _ in range(4)]),
 }
 
-BAD = [
-    ("ex02", nn.Sequential(nn.Conv2d(1, 8, 3), nn.Conv2d(8, 8, 3)),
-     "receptive field is 5 pixels and must be at least 16"),
-    ("ex02", nn.Sequential(nn.Conv2d(1, 64, 3), nn.Conv2d(64, 64, 3), nn.MaxPool2d(2), nn.Conv2d(64, 64, 3),
-                           nn.Conv2d(64, 64, 3)), "over the limit of 6,000; the heaviest layer is 1"),
-    ("ex02", nn.Sequential(nn.Conv2d(1, 8, 3), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3), nn.MaxPool2d(2),
-                           nn.Conv2d(8, 8, 3)), "uses 2 max-pools"),
-    ("ex02", nn.Sequential(nn.Conv2d(1, 8, 3), nn.Upsample(scale_factor=2)), "cannot read your model: layer '1'"),
-    ("ex02", nn.Sequential(nn.Conv2d(1, 1, 16)), "this exercise is about plain 3x3 convolutions"),
-    ("ex02", nn.Sequential(nn.Conv2d(1, 8, 5), nn.AvgPool2d(2), nn.Conv2d(8, 8, 3, dilation=2)),
-     "allows only one MaxPool2d"),
-    ("ex03", nn.Conv2d(32, 8, 3, padding=1), "looks at 3x3 neighbourhoods"),
-    ("ex03", nn.Conv2d(32, 16, 1), "must give 8x12x12"),
-    ("ex03", nn.Conv2d(16, 8, 1), "fails on a batch of shape (2, 32, 12, 12)"),
-    ("ex04", plain_block(), "conv 1 (1->8) has no BatchNorm2d"),
-    ("ex04", nn.Sequential(nn.Conv2d(1, 4, 3)), "keep the three convolutions"),
-    ("ex05", bn_block(), "conv 3 (16->16) has no Dropout2d"),
-    ("ex05", bn_block(dropout=0.5), "keep each between 0 (exclusive) and 0.2"),
-    ("ex05", nn.Sequential(nn.Conv2d(1, 8, 3), nn.Dropout2d(0.1), nn.Conv2d(8, 16, 3), nn.Dropout2d(0.1),
-                           nn.Conv2d(16, 16, 3), nn.Dropout2d(0.1)), "has no BatchNorm2d"),
-    ("ex06", nn.Sequential(nn.Flatten(), nn.Linear(256, 10), nn.LogSoftmax(dim=1)), "no average pooling layer"),
-    ("ex06", nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)), "not log-probabilities"),
-    ("ex07", nn.Sequential(nn.Conv2d(1, 10, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.LogSoftmax(dim=1)),
-     "reaches"),
-    ("ex07", GOOD["ex02"], "it returns shape"),
-    ("ex07", nn.Sequential(*list(GOOD["ex07"])[:-1]), "not log-probabilities"),
-]
+
+@pytest.mark.parametrize("cheap", list(CHEAP_EX02))
+def test_old_cheap_answers_to_the_receptive_field_budget_fail_for_every_student(cheap: str) -> None:
+    for key in KEYS:
+        result = ex02.grade(CHEAP_EX02[cheap], key)
+        assert result.points == 0, (key, result.message)
+    assert "output channels" in ex02.grade(CHEAP_EX02["1-channel convs"], KEY).message
 
 
-@pytest.mark.parametrize("name", sorted(GOOD))
-def test_a_correct_answer_passes(name: str) -> None:
-    result = EXERCISES[name].grade(GOOD[name])
-    assert result.passed and result.points == result.max_points, result.message
+def test_transition_checks_shape_mixing_and_budget() -> None:
+    n = ex03.given(KEY)
+    a, b = n["c_in"], n["c_out"]
+    assert ex03.grade(nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(a, b, 1)), KEY).passed
+    strided = ex03.grade(nn.Conv2d(a, b, 1, stride=2), KEY)
+    assert strided.points == 1 and "skipping pixels" in strided.message
+    wide = ex03.grade(nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.MaxPool2d(2)), KEY)
+    assert wide.points == 1 and "receptive field is 4" in wide.message and "parameters" in wide.message
+    for key in KEYS:  # the package's one-liner, as the old exercise took it, never fits
+        assert not ex03.grade(transition_block(32, 8, pool=False), key).passed
 
 
-@pytest.mark.parametrize(("name", "answer", "expected"), BAD, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(BAD)])
-def test_a_wrong_answer_says_what_is_wrong(name: str, answer: nn.Module, expected: str) -> None:
-    result = EXERCISES[name].grade(answer)
-    assert not result.passed and result.points == 0
-    assert expected in result.message
+def test_batch_norm_checks_order_and_redundant_biases() -> None:
+    widths = ex04.given(KEY)["widths"]
+
+    def bn_block(bias: bool, before_relu: bool = True) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip([1, *widths[:-1]], widths, strict=True):
+            pair = [nn.BatchNorm2d(c_out), nn.ReLU()] if before_relu else [nn.ReLU(), nn.BatchNorm2d(c_out)]
+            layers += [nn.Conv2d(c_in, c_out, 3, bias=bias), *pair]
+        return nn.Sequential(*layers)
+
+    assert ex04.grade(bn_block(bias=False), KEY).passed
+    biased = ex04.grade(bn_block(bias=True), KEY)
+    assert biased.points == 1 and "keep a bias" in biased.message
+    after_relu = ex04.grade(bn_block(bias=False, before_relu=False), KEY)
+    assert after_relu.points == 0 and "followed by ReLU, not BatchNorm2d" in after_relu.message
+    assert "keep the three convolutions" in ex04.grade(nn.Sequential(nn.Conv2d(1, 4, 3)), KEY).message
+    # The old answer: conv_block's conv -> ReLU -> BN, with the package's widths.
+    old = nn.Sequential(conv_block(1, 8), conv_block(8, 16), conv_block(16, 16))
+    assert all(ex04.grade(old, key).points == 0 for key in KEYS)
+    namespace = {"STUDENT": KEY, "ex04": ex04}
+    exec("start = ex04.start()", namespace)
+    assert [m.out_channels for m in namespace["start"] if isinstance(m, nn.Conv2d)] == widths
+
+
+def test_gap_head_checks_log_probs_pooling_and_budget() -> None:
+    n = ex06.given(KEY)
+    c, side = n["channels"], n["side"]
+    assert ex06.grade(nn.Sequential(nn.AvgPool2d(side), nn.Flatten(), nn.Linear(c, 10), nn.LogSoftmax(dim=1)),
+                      KEY).passed
+    linear = ex06.grade(nn.Sequential(nn.Flatten(), nn.Linear(c * side * side, 10), nn.LogSoftmax(dim=1)), KEY)
+    assert linear.points == 1 and "no global average pooling" in linear.message
+    raw = ex06.grade(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, 10)), KEY)
+    assert raw.points == 1 and "not log-probabilities" in raw.message
+    assert "returns a tuple" in ex06.grade(ReturnsTuple(), KEY).message
+
+
+# --- the small models: cheap answers refused, advice that fits -----------------------------------------------
+
+
+LOGISTIC = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.LogSoftmax(dim=1))  # 7,850 parameters
+
+
+@pytest.mark.parametrize("exercise", [ex07, ex08], ids=lambda e: e.name)
+def test_cheap_small_models_are_refused_kindly(exercise: checks.Exercise) -> None:
+    result = exercise.grade(LOGISTIC, KEY)
+    assert result.points == 0 and "logistic regression" in result.message and "convolutional" in result.message
+    for course in (get_model("under5k"), get_model("under3762"), KnobNet(Knobs(widths=((4, 4), (4, 4))))):
+        result = exercise.grade(course, KEY)
+        assert result.points == 0 and "the course's own" in result.message and "design of your own" in result.message
+    wrapped = nn.Sequential(get_model("under3762"))
+    assert "the course's own LadderNet" in exercise.grade(wrapped, KEY).message
+
+
+def test_a_separable_model_needs_separable_convolutions() -> None:
+    plain = nn.Sequential(*plain_convs([8, 8], pool_after=1), nn.AdaptiveAvgPool2d(1), nn.Conv2d(8, 10, 1),
+                          nn.Flatten(), nn.LogSoftmax(dim=1))
+    assert "depthwise-separable" in ex08.grade(plain, KEY).message
+
+
+def test_the_rf_must_come_from_convolutions_not_a_linear_layer() -> None:
+    # RF 5 before the Flatten, then a Linear over the whole map: under budget, yet it does not count.
+    shallow = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.MaxPool2d(4),
+                            nn.Flatten(), nn.Linear(4 * 6 * 6, 10), nn.LogSoftmax(dim=1))
+    result = ex07.grade(shallow, KEY)
+    assert result.points == 1 and "before any Flatten or Linear its receptive field reaches 8 pixels" in result.message
+
+
+def test_an_old_one_liner_model_over_the_budget_gets_no_training() -> None:
+    old = nn.Sequential(conv_block(1, 8, padding=1), conv_block(8, 12), conv_block(12, 16), nn.MaxPool2d(2),
+                        conv_block(16, 8, kernel_size=1), conv_block(8, 12), conv_block(12, 16), conv_block(16, 12),
+                        nn.AdaptiveAvgPool2d(1), nn.Conv2d(12, 10, 1, bias=False), nn.Flatten(), nn.LogSoftmax(dim=1))
+    assert count_parameters(old) == 7_400
+    for key in KEYS[:10]:
+        result = ex07.grade(old, key)
+        assert result.points == 1 and "over by" in result.message
+
+
+def small_net(batch_norm: bool, dropout: float = 0.0) -> nn.Sequential:
+    def block(c_in: int, c_out: int, kernel: int = 3, padding: int = 0) -> list[nn.Module]:
+        layers: list[nn.Module] = [nn.Conv2d(c_in, c_out, kernel, padding=padding, bias=not batch_norm), nn.ReLU()]
+        layers += [nn.BatchNorm2d(c_out)] if batch_norm else []
+        return layers + ([nn.Dropout2d(dropout)] if dropout else [])
+
+    return nn.Sequential(*block(1, 8, padding=1), *block(8, 10), *block(10, 16), nn.MaxPool2d(2), *block(16, 8, 1),
+                         *block(8, 12), *block(12, 12), nn.AdaptiveAvgPool2d(1), nn.Conv2d(12, 10, 1, bias=False),
+                         nn.Flatten(), nn.LogSoftmax(dim=1))
+
+
+def test_advice_matches_the_model() -> None:
+    assert "Batch normalization after the convolutions helps" in checks.advice(small_net(batch_norm=False))
+    with_bn = checks.advice(small_net(batch_norm=True))
+    assert "already has batch normalization" in with_bn and "helps a fresh network" not in with_bn
+    assert "dropout rate(s) 0.9 " in checks.advice(small_net(batch_norm=True, dropout=0.9))
+    linear = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3))
+    assert "no activation" in checks.advice(linear)
+    narrow = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.BatchNorm2d(2))
+    assert "bottleneck" in checks.advice(narrow)
+
+
+def test_a_model_that_does_not_learn_gets_advice_for_what_it_lacks() -> None:
+    stuck = ex07.grade(small_net(batch_norm=True, dropout=0.9), KEY)
+    assert stuck.points == 2 and "not learning yet" in stuck.message
+    assert "dropout rate(s) 0.9" in stuck.message and "Batch normalization after" not in stuck.message
+    plain = ex07.grade(small_net(batch_norm=False), KEY)
+    assert plain.points == 2 and "Batch normalization after the convolutions helps" in plain.message
+
+
+# --- odd answers: explained, never crashed -------------------------------------------------------------------
 
 
 class ReturnsTuple(nn.Module):
@@ -93,61 +402,179 @@ class Exits(nn.Module):
         raise SystemExit(3)
 
 
-def test_odd_modules_are_explained_not_crashed() -> None:
-    assert "returns a tuple, not a tensor" in ex06.grade(ReturnsTuple()).message
-    assert "SystemExit" in ex03.grade(Exits()).message
-
-
 class Broken(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         raise ZeroDivisionError("student bug")
 
 
-@pytest.mark.parametrize("exercise", [ex02, ex03, ex04, ex05, ex06, ex07], ids=lambda e: e.name)
-@pytest.mark.parametrize("answer", [None, "a string", 42, print, Broken()], ids=["None", "str", "int", "function",
-                                                                                 "raises"])
-def test_checks_never_crash_on_wrong_types(exercise, answer: object) -> None:  # type: ignore[no-untyped-def]
-    result = exercise.grade(answer)
-    assert not result.passed and result.message
+class Interrupted(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise KeyboardInterrupt
+
+
+def test_odd_modules_are_explained_not_crashed() -> None:
+    assert "SystemExit" in ex03.grade(Exits(), KEY).message
+    assert "took too long" in ex06.grade(Interrupted(), KEY).message
+    assert "ZeroDivisionError: student bug" in ex03.grade(Broken(), KEY).message
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+@pytest.mark.parametrize("answer", [None, "a string", 42, -1.5, [1, 2, 3], print, Broken(), nn.Linear(3, 3)],
+                         ids=["None", "str", "int", "float", "list", "function", "raises", "linear"])
+def test_checks_never_crash_on_wrong_types(name: str, answer: object) -> None:
+    result = EXERCISES[name].grade(answer, KEY)
+    assert not result.passed and result.message and 0 <= result.points <= result.max_points
     if answer is None:
-        assert "is None" in result.message
-    elif isinstance(answer, Broken) and exercise in (ex03, ex06, ex07):  # these run the module first
-        assert "ZeroDivisionError" in result.message or "student bug" in result.message
-    elif not isinstance(answer, Broken):
+        assert "not answered yet" in result.message
+    elif name in BUILT and not isinstance(answer, nn.Module):
         assert "nn.Module" in result.message
 
 
-def test_check_prints_and_hint_gets_more_specific(capsys: pytest.CaptureFixture[str]) -> None:
-    ex03.check(GOOD["ex03"])
-    assert capsys.readouterr().out.startswith("Correct (1/1) - ex03 transition")
-    ex03.hint()
-    ex03.hint()
+# --- the notebook side: check(), hints ---------------------------------------------------------------------
+
+
+def run_in_notebook(code: str, **variables: object) -> dict[str, object]:
+    namespace: dict[str, object] = {"STUDENT": KEY, **{name: EXERCISES[name] for name in EXERCISES}, **variables}
+    exec(code, namespace)
+    return namespace
+
+
+def test_check_reads_the_notebook_and_returns_the_points(capsys: pytest.CaptureFixture[str]) -> None:
+    answers = solutions(KEY, ["q02"])
+    namespace = run_in_notebook("points = q02.check()", rf_and_jump=answers["q02"])
+    assert namespace["points"] == 2 and capsys.readouterr().out == "Correct (2/2) - q02: all requirements met.\n"
+    rf, jump = answers["q02"]
+    namespace = run_in_notebook("points = q02.check()", rf_and_jump=(rf, jump * 3))
+    assert namespace["points"] == 1 and capsys.readouterr().out.startswith("Not yet (1/2) - q02: the jump")
+
+
+@pytest.mark.parametrize("name", list(EXERCISES))
+def test_a_check_before_its_answer_cell_says_run_it_first(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    namespace = run_in_notebook(f"points = {name}.check()")
+    assert namespace["points"] == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Run the answer cell first") and f"`{EXERCISES[name].variable}`" in out
+    assert len(out.splitlines()) == 1
+    namespace = run_in_notebook(f"points = {name}.check()", **{EXERCISES[name].variable: None})
+    assert namespace["points"] == 0 and "not answered yet" in capsys.readouterr().out
+
+
+def test_hints_are_counted_and_the_last_one_repeats(capsys: pytest.CaptureFixture[str]) -> None:
+    for exercise in EXERCISES.values():
+        exercise.hints_used = 0
+    q02.hint()
+    q02.hint()
     first, second = capsys.readouterr().out.strip().splitlines()
-    assert first.startswith("Hint:") and second.startswith("Hint:") and first != second
+    assert first.startswith("Hint 1 of 3:") and second.startswith("Hint 2 of 3:") and first != second
+    for _ in range(3):
+        q02.hint()
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("Hint 3 of 3:")
+    assert q02.hints_used == 5 and sum(ex.hints_used for ex in EXERCISES.values()) == 5
+    q02.hints_used = 0
 
 
-def test_student_version_replaces_solutions_and_clears_outputs() -> None:
+def numbers_in(text: str) -> set[float]:
+    return {float(x.replace(",", "")) for x in re.findall(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w.])", text)}
+
+
+@pytest.mark.parametrize("name", NUMERIC)
+def test_hints_never_hold_the_answer(name: str) -> None:
+    hints = EXERCISES[name]._hints
+    assert len(hints) >= 2 and len(set(hints)) == len(hints)
+    for key in KEYS[:15]:
+        answer = solutions(key, [name])[name]
+        values = [answer] if not isinstance(answer, tuple | set) else list(answer)
+        for hint in hints:
+            for value in values:
+                if isinstance(value, bool | str):
+                    continue
+                assert not any(math.isclose(value, x, abs_tol=0.006) for x in numbers_in(hint)), (name, key, hint)
+                assert not EXERCISES[name].grade(hint, key).passed
+
+
+# --- the private copy the grader runs ------------------------------------------------------------------------
+
+
+def test_the_checks_work_when_execed_into_a_fresh_module() -> None:
+    source = Path(checks.__file__).read_text()
+    module = types.ModuleType("_private_checks")
+    sys.modules[module.__name__] = module  # dataclasses look their module up here, as in the grader
+    try:
+        exec(compile(source, "mnist_lesson/checks.py", "exec"), module.__dict__)
+        answers = solutions(KEY, ["q02", "ex04"])
+        for name, answer in answers.items():
+            private, public = module.EXERCISES[name].grade(answer, KEY), EXERCISES[name].grade(answer, KEY)
+            assert (private.points, private.max_points, private.message) == \
+                (public.points, public.max_points, public.message) and private.passed
+        assert module.EXERCISES["ex02"].grade(CHEAP_EX02["1-channel convs"], KEY).points == 0
+    finally:
+        del sys.modules[module.__name__]
+
+
+# --- the notebooks: nbgrader metadata, the student version ---------------------------------------------------
+
+
+def grading(cell: nbformat.NotebookNode) -> dict[str, object]:
+    return cell.metadata.get("nbgrader", {})
+
+
+@pytest.mark.parametrize("path", [SOURCE, STUDENT_NOTEBOOK], ids=["instructor", "student"])
+def test_cells_carry_the_contracts_nbgrader_metadata(path: Path) -> None:
+    from nbgrader.nbgraderformat import MetadataValidator
+
+    nb = nbformat.read(path, as_version=4)
+    MetadataValidator().validate_nb(nb)
+    by_id = {grading(c)["grade_id"]: c for c in nb.cells if grading(c)}
+    expect = {"grade": False, "locked": True, "solution": False, "schema_version": 3}
+    assert by_id["imports"].source == PRELUDE and {k: grading(by_id["imports"])[k] for k in expect} == expect
+    assert {k: grading(by_id["student"])[k] for k in ("solution", "grade", "locked")} == \
+        {"solution": True, "grade": False, "locked": False}
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code.index(by_id["student"]) < code.index(by_id["imports"])  # as the grader runs them
+    for name, exercise in EXERCISES.items():
+        answer, check = by_id[f"{name}-answer"], by_id[f"{name}-check"]
+        assert {k: grading(answer)[k] for k in ("solution", "grade", "locked")} == \
+            {"solution": True, "grade": False, "locked": False}
+        assert answer.source.splitlines()[0].startswith(f"# Answer {name}:")
+        assert re.search(rf"^{exercise.variable} = ", answer.source, re.MULTILINE)
+        assert grading(check) == {"grade": True, "grade_id": f"{name}-check", "locked": True, "solution": False,
+                                  "points": exercise.max_points, "schema_version": 3}
+        assert check.source == f"{name}.check()"
+        assert nb.cells.index(by_id[f"{name}-question"]) < nb.cells.index(answer) < nb.cells.index(check)
+
+
+def test_the_instructor_notebook_has_no_badge_and_sits_outside_notebooks() -> None:
+    nb = nbformat.read(SOURCE, as_version=4)
+    assert "colab-badge" not in nbformat.writes(nb) and "google.colab" not in nbformat.writes(nb)
+    assert not (REPO / "notebooks" / "student").exists()
+    assert all(BEGIN in source and END in source for source in answer_cells().values())
+
+
+def test_student_version_removes_solutions_and_keeps_the_rest() -> None:
     source = nbformat.read(SOURCE, as_version=4)
-    student = student_version(source, badge("exercises.ipynb", "notebooks/student"))
-    solutions = [c for c in source.cells if BEGIN in c.source]
-    assert len(solutions) == len(EXERCISES)
-    stubs = [c for c in student.cells if "raise NotImplementedError" in c.source]
-    assert len(stubs) == len(EXERCISES)
-    assert all(BEGIN not in c.source and END not in c.source for c in student.cells)
-    for solution, stub in zip(solutions, stubs, strict=True):
-        answer = solution.source.split(BEGIN)[1].split(END)[0].strip()
-        assert answer not in stub.source
-        assert set(RAISES_TAGS) <= set(stub.metadata["tags"])
+    student = student_version(source, badge("exercises.ipynb"))
+    text = nbformat.writes(student)
+    assert BEGIN not in text and END not in text
+    assert badge("exercises.ipynb") in student.cells[0].source.splitlines()
+    for name, cell in answer_cells(SOURCE).items():
+        solution = cell.split(BEGIN)[1].split(END)[0].strip()
+        stub = next(c.source for c in student.cells if grading(c).get("grade_id") == f"{name}-answer")
+        assert solution not in text and stub == cell.split(BEGIN)[0].strip()
+        assert stub.endswith(f"{EXERCISES[name].variable} = None")
     assert all(c.outputs == [] and c.execution_count is None for c in student.cells if c.cell_type == "code")
-    assert "notebooks/student/exercises.ipynb" in student.cells[0].source
+    locked = [c for c in student.cells if grading(c).get("locked")]
+    assert locked and all(c.metadata["editable"] is False and c.metadata["deletable"] is False for c in locked)
 
 
 def test_odd_markers_never_leak_a_solution() -> None:
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(f"x = None\n{BEGIN}  \r\nx = 'secret 1'\n{END} # done\ny = 2\n"
-                                          f"{BEGIN}\nz = 'secret 2'\n{END}")]
+                                          f"  {BEGIN}\n  z = 'secret 2'\n  {END}")]
     source = student_version(nb).cells[0].source
-    assert "secret" not in source and "y = 2" in source and source.count("NotImplementedError") == 2
+    assert "secret" not in source and source == "x = None\ny = 2"
+    nb.cells = [nbformat.v4.new_code_cell(f"x = 1  {BEGIN}\nx = 'secret'\n{END}")]
+    with pytest.raises(ValueError, match="markers left"):
+        student_version(nb)
 
 
 def test_unbalanced_markers_are_refused() -> None:
@@ -157,9 +584,31 @@ def test_unbalanced_markers_are_refused() -> None:
         student_version(nb)
 
 
-def test_committed_student_version_is_up_to_date() -> None:
-    fresh = student_version(nbformat.read(SOURCE, as_version=4), badge("exercises.ipynb", "notebooks/student"))
-    committed = nbformat.read(STUDENT, as_version=4)
-    assert [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in committed.cells] == \
-        [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in fresh.cells], \
-        "stale: run `python -m mnist_lesson student`, then benchmarks/run_notebooks.py on the student notebook"
+def test_committed_student_version_is_up_to_date(tmp_path: Path) -> None:
+    fresh = nbformat.read(write_student_version(SOURCE, tmp_path / "notebooks" / "exercises.ipynb"), as_version=4)
+    committed = nbformat.read(STUDENT_NOTEBOOK, as_version=4)
+
+    def sources(nb: nbformat.NotebookNode) -> list[tuple[str, str, dict[str, object]]]:
+        return [(c.cell_type, c.source, grading(c)) for c in nb.cells]
+
+    assert sources(committed) == sources(fresh), \
+        "stale: run `python -m mnist_lesson student`, then benchmarks/run_notebooks.py on notebooks/exercises.ipynb"
+
+
+def test_the_stored_student_version_shows_no_tracebacks() -> None:
+    nb = nbformat.read(STUDENT_NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    assert not [o for c in code for o in c.outputs if o.output_type == "error" or o.get("name") == "stderr"]
+    checked = [c for c in code if grading(c).get("grade")]
+    assert len(checked) == len(EXERCISES)
+    assert all("not answered yet" in "".join(o.get("text", "") for o in c.outputs) for c in checked)
+
+
+def test_the_readme_lists_every_exercise_with_its_points() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Exercises"):readme.index("### Grading")]
+    total = sum(exercise.max_points for exercise in EXERCISES.values())
+    assert f"has {len(EXERCISES)} exercises worth {total} points" in section
+    rows = re.findall(r"^\| `(\w+)` \| (\d+) \|", section, re.MULTILINE)
+    assert rows == [(name, str(exercise.max_points)) for name, exercise in EXERCISES.items()]

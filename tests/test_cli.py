@@ -221,5 +221,5 @@ def test_grade_and_student_commands(tmp_path: Path, capsys: pytest.CaptureFixtur
     with open(out, newline="") as f:
         assert [row["student"] for row in csv.DictReader(f)] == ["zoe"] * (len(EXERCISES) + 1)
     target = tmp_path / "student.ipynb"
-    assert cli.main(["student", "--source", str(REPO / "notebooks" / "exercises.ipynb"), "--out", str(target)]) == 0
-    assert "NotImplementedError" in target.read_text() and "BEGIN SOLUTION" not in target.read_text()
+    assert cli.main(["student", "--source", str(REPO / "instructor" / "exercises.ipynb"), "--out", str(target)]) == 0
+    assert "BEGIN SOLUTION" not in target.read_text() and "colab-badge.svg" in target.read_text()

@@ -76,11 +76,12 @@ def test_every_step_model_is_taught_in_a_notebook() -> None:
 
 
 # Numbers markdown may state: the course's specification (target, budget, epochs, seeds, the ladder's limits,
-# the split sizes), kernel and image sizes, notebook numbers and the final model's widths (checked below), and
-# the year of a cited paper. A measured figure belongs in a cell that renders it from the results.
-ALLOWED_NUMBERS = {"99.40", "99.4", "20,000", "28x28", "3x3", "1x1", "2x2", "4x4", "3", "5", "15", "0-4",
-                   "01", "02", "03", "04", "05", "06", "07", "08", "00", "02-06", "0", "1", "2", "16", "24", "32",
-                   "8,000", "5,000", "3,762", "10", "64", "60,000", "50,000", "10,000"}
+# the split sizes), kernel and image sizes, the receptive-field rule's arithmetic, notebook numbers and the
+# recipes' facts (checked below), and the year of a cited paper. A measured figure belongs in a cell that
+# renders it from the results.
+ALLOWED_NUMBERS = {"99.40", "99.4", "20,000", "28x28", "3x3", "1x1", "2x2", "4x4", "3", "4", "5", "8", "15", "0-4",
+                   "01", "02", "03", "04", "05", "06", "07", "08", "00", "01-06", "02-06", "0", "1", "2", "16", "24",
+                   "32", "8,000", "5,000", "3,762", "10", "64", "60,000", "50,000", "10,000"}
 CITED_YEAR = re.compile(r"\b(19|20)\d\d\b")
 
 
@@ -100,6 +101,7 @@ def test_numbers_the_prose_states_are_true() -> None:
     from mnist_lesson.models import LADDER, LADDER_RECIPE, transition_block
 
     final, recipe = get_model("final"), get_recipe("final")
+    assert get_recipe("skeleton").epochs == 8  # notebook 07: "steps 01-06 trained ... for 8 epochs or fewer"
     assert recipe.epochs == 15 and recipe.schedule == "onecycle" and recipe.nesterov and recipe.augment.active
     assert VALIDATION_IMAGES == 10_000 and len(load_split(True)[1]) == 60_000  # "the last 10,000 of the 60,000"
     # Notebook 08: the ladder's recipe is the final one with "batches of 32 instead of 64"; the final model has
