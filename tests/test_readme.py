@@ -44,3 +44,14 @@ def test_the_notebook_table_lists_every_notebook_and_model() -> None:
     listed = {name for row in table.splitlines() if row.startswith("| `0")
               for name in re.findall(r"`(\w+)`", row.rsplit("|", 2)[1])}
     assert set(MODELS) - {"assignment"} <= listed
+
+
+def test_the_exercise_table_and_counts_match_the_exercises() -> None:
+    from mnist_lesson.checks import EXERCISES
+
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("### Exercises"):readme.index("### Grading")]
+    rows = re.findall(r"^\| `(\w+)` \| (\d+) \|", section, re.MULTILINE)
+    assert rows == [(name, str(ex.max_points)) for name, ex in EXERCISES.items()]
+    total = sum(ex.max_points for ex in EXERCISES.values())
+    assert f"has {len(EXERCISES)} exercises worth {total} points" in " ".join(section.split())
