@@ -83,10 +83,6 @@ STUDIES: dict[str, tuple[Design, ...]] = {
         registered("under5k", "under5k (the rung's recipe)"),
         Design("under5k-ema", "+ weights averaged (EMA 0.999) and evaluated", MODELS["under5k"],
                LADDER_RECIPE.with_overrides(ema=0.999)),
-        Design("under5k-warmup15", "+ a longer anneal (one-cycle warm-up 15% of the run instead of 30%)",
-               MODELS["under5k"], LADDER_RECIPE.with_overrides(warmup=0.15)),
-        Design("under5k-ema-warmup15", "+ both", MODELS["under5k"], LADDER_RECIPE.with_overrides(ema=0.999,
-                                                                                                warmup=0.15)),
     ),
 }
 
