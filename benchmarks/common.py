@@ -14,7 +14,7 @@ import torch
 
 from mnist_lesson.config import smoke_mode
 from mnist_lesson.results import evidence
-from mnist_lesson.runs import describe_device
+from mnist_lesson.runs import describe_device, set_cpu_threads
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = evidence()  # the package's evidence folder: benchmarks write the files the notebooks read
@@ -29,8 +29,8 @@ def refuse_smoke_mode(what: str) -> None:
 
 def set_threads(threads: int | None) -> None:
     """Use `threads` CPU threads in this process (None: torch's choice); one each lets two runs share 2 cores."""
-    if threads:
-        torch.set_num_threads(threads)
+    if threads is not None:
+        set_cpu_threads(threads)
 
 
 def where(device: torch.device) -> str:

@@ -24,7 +24,7 @@ from common import refuse_smoke_mode, set_threads
 
 from mnist_lesson.results import evidence
 from mnist_lesson.runs import pick_device, train_recipe
-from mnist_lesson.studies import RUNS_FILE, STUDIES, read_runs
+from mnist_lesson.studies import RUNS_FILE, STUDIES, matches, read_runs
 
 
 def main() -> int:
@@ -47,7 +47,7 @@ def main() -> int:
     path = evidence(RUNS_FILE)
     for design in designs:
         for seed in args.seeds:
-            done = {(r["key"], r["seed"], r["threads"]) for r in read_runs()}
+            done = {(r["key"], r["seed"], r["threads"]) for r in read_runs() if matches(design, r)}
             if (design.key, seed, torch.get_num_threads()) in done:
                 print(f"{design.key} seed {seed}: already recorded, skipped", flush=True)
                 continue

@@ -2,8 +2,8 @@
 (`Speed`), smoke mode, and the error for a setting that cannot work (`UsageError`).
 
 A `Recipe` says what is learned; a `Speed` says how fast the same learning runs. Recorded recipes are
-compared tolerantly (`Recipe.from_dict`): a results file written before a new defaulted field existed
-still matches when the field is at its default. Introduced in notebook 00.
+compared tolerantly (`Recipe.matches`, through `Recipe.from_dict`): a results file written before a new
+defaulted field existed still matches when the field is at its default. Introduced in notebook 00.
 """
 
 from __future__ import annotations
@@ -177,6 +177,7 @@ _LEGACY_AUGMENT = {"rotate_degrees": "rotation", "translate": "shift"}
 # --- how a run executes ---------------------------------------------------------------------------------
 
 GPU_EVAL_BATCH = 10_000  # the whole test set in one batch: on a GPU, fewer and fuller launches
+CPU_EVAL_BATCH = 1_000  # evaluation batch size elsewhere
 
 
 @dataclass(frozen=True)

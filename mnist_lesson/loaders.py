@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from mnist_lesson.config import VALIDATION_IMAGES, Augment
+from mnist_lesson.config import CPU_EVAL_BATCH, VALIDATION_IMAGES, Augment
 from mnist_lesson.data import DataError, ensure_mnist
+from mnist_lesson.train import Batch
 
 # Pixel statistics of the 60,000 training images (as fractions of 255); notebook 00 computes them.
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -136,7 +136,7 @@ EvalSets = dict[str, Iterable[Batch]]
 
 
 def in_memory_loaders(batch_size: int, augment: Augment = Augment(), *, validation: bool = False,
-                      eval_batch_size: int = 1000, device: str | torch.device = "cpu", seed: int = 0,
+                      eval_batch_size: int = CPU_EVAL_BATCH, device: str | torch.device = "cpu", seed: int = 0,
                       root: str | os.PathLike[str] | None = None) -> tuple[InMemoryLoader, EvalSets]:
     """Return the training loader and the sets to evaluate on, all held on `device`.
 
@@ -178,8 +178,9 @@ def torchvision_datasets(root: str | os.PathLike[str] | None = None,
 
 
 def dataloaders(batch_size: int, augment: Augment = Augment(), *, validation: bool = False,
-                eval_batch_size: int = 1000, num_workers: int | None = None, device: str | torch.device = "cpu",
-                seed: int = 0, root: str | os.PathLike[str] | None = None) -> tuple[DataLoader, EvalSets]:
+                eval_batch_size: int = CPU_EVAL_BATCH, num_workers: int | None = None,
+                device: str | torch.device = "cpu", seed: int = 0,
+                root: str | os.PathLike[str] | None = None) -> tuple[DataLoader, EvalSets]:
     """Return torchvision DataLoaders as the assignment built them, with the sets of `in_memory_loaders`."""
     train_set, test_set = torchvision_datasets(root, augment)
     if num_workers is None:

@@ -37,7 +37,7 @@ def _unknown(name: str) -> UsageError:
 
 
 def get_model(name: str) -> nn.Module:
-    """Return a freshly initialised instance of the registered model `name`."""
+    """Return a freshly initialized instance of the registered model `name`."""
     if name not in MODELS:
         raise _unknown(name)
     return MODELS[name]()
@@ -238,32 +238,24 @@ def separable_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 class LadderNet(nn.Module):
-    """Notebook 08: the final model's layout with every width a parameter, to walk down the parameter ladder.
+    """Notebook 08: the final model's layout with depthwise-separable convolutions and every width a parameter.
 
-    block1: widths of the 3x3 convs before the max-pool (the first is padded, the rest are not)
-    squeeze: width of the 1x1 transition after the pool (0 for none)
-    block2: widths of the 3x3 convs after the pool, then global average pooling and a 1x1 conv to the classes
-    separable: block2 uses depthwise-separable convs (a 3x3 filter per channel, then a 1x1 mix)
-    separable_block1: so do block1's convs after the first (which sees one channel and stays plain)
+    before_pool: widths of the 3x3 convs before the max-pool; the first is a plain padded conv (it sees one
+        channel), the others are separable (a 3x3 filter per channel, then a 1x1 mix)
+    after_pool: widths of the separable 3x3 convs after the pool, then global average pooling and a 1x1 conv
+        to the classes
     """
 
-    def __init__(self, block1: tuple[int, ...], squeeze: int, block2: tuple[int, ...], separable: bool = False,
-                 separable_block1: bool = False) -> None:
+    def __init__(self, before_pool: tuple[int, ...], after_pool: tuple[int, ...]) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
-        channels = 1
-        for i, width in enumerate(block1):
-            if i > 0 and separable_block1:
-                layers.append(separable_block(channels, width))
-            else:
-                layers.append(conv_block(channels, width, padding=1 if i == 0 else 0))
+        layers: list[nn.Module] = [conv_block(1, before_pool[0], padding=1)]
+        channels = before_pool[0]
+        for width in before_pool[1:]:
+            layers.append(separable_block(channels, width))
             channels = width
         layers.append(nn.MaxPool2d(2))
-        if squeeze:
-            layers.append(transition_block(channels, squeeze, pool=False))
-            channels = squeeze
-        for width in block2:
-            layers.append(separable_block(channels, width) if separable else conv_block(channels, width))
+        for width in after_pool:
+            layers.append(separable_block(channels, width))
             channels = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 10, 1, bias=False))
@@ -279,19 +271,19 @@ LADDER_RECIPE = FINAL_RECIPE.with_overrides(batch_size=32)
 @register("under8k", LADDER_RECIPE)
 def under8k_net() -> nn.Module:
     """Return the ladder's first rung (6,920 parameters): depthwise-separable convolutions after the first."""
-    return LadderNet((8, 16, 32), 0, (32, 40, 48), separable=True, separable_block1=True)
+    return LadderNet((8, 16, 32), (32, 40, 48))
 
 
 @register("under5k", LADDER_RECIPE)
 def under5k_net() -> nn.Module:
     """Return the ladder's second rung (4,832 parameters): depthwise-separable convolutions after the first."""
-    return LadderNet((8, 16, 24), 0, (24, 32, 40), separable=True, separable_block1=True)
+    return LadderNet((8, 16, 24), (24, 32, 40))
 
 
 @register("under3762", LADDER_RECIPE)
 def under3762_net() -> nn.Module:
     """Return the ladder's stretch rung (3,736 parameters): under5k with narrower early and middle layers."""
-    return LadderNet((8, 12, 18), 0, (18, 28, 40), separable=True, separable_block1=True)
+    return LadderNet((8, 12, 18), (18, 28, 40))
 
 
 # The ladder's rungs, each with the parameter count it must stay under.

@@ -173,7 +173,7 @@ def plot_receptive_field(table: LayerTable, ax: Axes | None = None) -> Figure:
 def plot_generalization_gap(histories: Mapping[str, History]) -> Figure:
     """Return training minus validation accuracy per epoch, two ways: the running accuracy of the training batches
     (augmented, dropout on, weights still changing) and the accuracy on a fixed training subset in eval mode
-    (the model as it is tested), for each run (notebooks 01 and 05)."""
+    (the model as it is tested), for each run (notebook 05)."""
     fig, (running_ax, eval_ax) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for label, history in histories.items():
         epochs, val = history.column("epoch"), history.column("val_acc")

@@ -5,8 +5,7 @@ opened alone in Colab shows the same recorded figures as a checkout; `evidence()
 find them. A step's notebook records its run with `record_run` (in a checkout only); the scripts in
 `benchmarks/` record multi-seed runs. Smoke runs are never recorded. The one judge of the course's
 claim is `claim_holds` (one run) and `SeedsSummary.holds` (every seed), both asking whether every one
-of the last epochs reaches the target.
-Introduced in notebook 02.
+of the last epochs reaches the target. Introduced in notebook 00.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mnist_lesson.config import LAST_EPOCHS, TARGET
+from mnist_lesson.config import LAST_EPOCHS, MAX_EPOCHS, TARGET
 from mnist_lesson.data import atomic_write
 from mnist_lesson.train import History
 
@@ -42,8 +41,9 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def claim_holds(test_accs: Sequence[float]) -> bool:
-    """Return whether one run meets the course's claim: every one of its last epochs reaches the target."""
-    return len(test_accs) >= LAST_EPOCHS and min(test_accs[-LAST_EPOCHS:]) >= TARGET
+    """Return whether one run meets the course's claim: at most MAX_EPOCHS epochs, and every one of its last
+    LAST_EPOCHS reaches the target."""
+    return LAST_EPOCHS <= len(test_accs) <= MAX_EPOCHS and min(test_accs[-LAST_EPOCHS:]) >= TARGET
 
 
 def record_run(name: str, history: History, folder: Path | None = None) -> Path | None:

@@ -22,11 +22,20 @@ import torch
 from torch import nn
 
 from mnist_lesson.budget import count_parameters
-from mnist_lesson.config import GPU_EVAL_BATCH, Augment, Limits, Recipe, Speed, UsageError, limits_for, smoke_mode
-from mnist_lesson.loaders import Batch, EvalSets, dataloaders, in_memory_loaders
-from mnist_lesson.train import History, NonFiniteLoss, Schedule, fit
+from mnist_lesson.config import (
+    CPU_EVAL_BATCH,
+    GPU_EVAL_BATCH,
+    Augment,
+    Limits,
+    Recipe,
+    Speed,
+    UsageError,
+    limits_for,
+    smoke_mode,
+)
+from mnist_lesson.loaders import EvalSets, dataloaders, in_memory_loaders
+from mnist_lesson.train import Batch, History, NonFiniteLoss, Schedule, fit
 
-CPU_EVAL_BATCH = 1000  # evaluation batch size off the GPU
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 
 
@@ -76,17 +85,19 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def set_cpu_threads(threads: int | None = None) -> int:
-    """Set and return the number of threads torch computes with on the CPU.
+def default_threads(processes: int = 1) -> int:
+    """Return the CPU threads one of `processes` processes should compute with: its share of the cores, or one
+    when the CPU is already busy with other work (one-minute load average at least the cores minus a half),
+    because on a shared 2-core CPU two threads per process wait on each other and ran several times slower."""
+    cores = os.cpu_count() or 1
+    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 0.5
+    return 1 if busy else max(1, cores // max(1, processes))
 
-    `threads`, or by default every core unless the CPU is already busy with other work (its one-minute
-    load average at least the number of cores minus a half): then one, because on a shared 2-core CPU two
-    threads per process wait on each other and ran several times slower than one.
-    """
+
+def set_cpu_threads(threads: int | None = None) -> int:
+    """Set and return the number of threads torch computes with on the CPU: `threads`, else `default_threads()`."""
     if threads is None:
-        cores = os.cpu_count() or 1
-        busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 0.5
-        threads = 1 if busy else cores
+        threads = default_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise UsageError(f"threads must be a whole number of at least 1, got {threads!r}")
     torch.set_num_threads(threads)
@@ -244,7 +255,8 @@ def code_version() -> str:
 
     top = git("rev-parse", "--show-toplevel")
     if top and (Path(top) / package.name).resolve() == package:
-        sha, changes = git("rev-parse", "HEAD"), git("status", "--porcelain", "--", ".")
+        # The package's code only: the evidence folder, which the benchmarks write, does not make it dirty.
+        sha, changes = git("rev-parse", "HEAD"), git("status", "--porcelain", "--", ".", ":!evidence")
         if sha is not None and changes is not None:
             return f"git {sha[:12]}" + (" dirty" if changes else "")
     digest = hashlib.sha256()

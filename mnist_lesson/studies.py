@@ -4,8 +4,9 @@ Every design choice of the course is judged here, on the last 10,000 training im
 set: `benchmarks/design.py STUDY` trains each design of a study for several seeds and appends every run
 to `evidence/design_runs.jsonl` (a design that appears in two studies is run once); `summarize_study`
 turns the runs into one figure per design (validation accuracy, mean of the last 3 epochs, per seed) and
-`compare` says whether a difference is larger than the seed-to-seed noise. Introduced in notebook 02;
-notebook 07's ablation is the study "ablation".
+`compare` says whether a difference is larger than the seed-to-seed noise. Only runs whose recorded recipe
+and parameter count match the design count. Introduced in notebook 02; notebook 07's ablation is the study
+"ablation", notebook 08's levers for a rung the study "ladder".
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import LAST_EPOCHS, Augment, Recipe
 from mnist_lesson.models import FINAL_RECIPE, LADDER_RECIPE, MODELS, RECIPES, STEP_RECIPE, AssignmentNet, StepNet
 from mnist_lesson.results import evidence
@@ -44,6 +46,7 @@ def registered(name: str, label: str) -> Design:
 
 
 _BASE = dict(squeeze=True, batch_norm=True, gap=True)  # notebook 06's network, without its dropout rate
+_WIDER_WITH_HEAD = partial(StepNet, **_BASE, dropout=0.1, width=24, head_width=32)  # the final layout, dropout 0.1
 _AUGMENT = Augment(rotation=7.0, shift=0.1)
 _ONECYCLE = dict(lr=0.1, nesterov=True, schedule="onecycle")
 
@@ -51,19 +54,14 @@ _ONECYCLE = dict(lr=0.1, nesterov=True, schedule="onecycle")
 ABLATION: tuple[Design, ...] = (
     registered("gap", "06: global average pooling (step recipe)"),
     Design("width24", "+ 24 features before the pool", partial(StepNet, **_BASE, dropout=0.1, width=24), STEP_RECIPE),
-    Design("head32", "+ a 32-wide 1x1 layer after the pool",
-           partial(StepNet, **_BASE, dropout=0.1, width=24, head_width=32), STEP_RECIPE),
-    Design("augment", "+ augmentation (rotate up to 7 degrees, shift up to 10%)",
-           partial(StepNet, **_BASE, dropout=0.1, width=24, head_width=32),
+    Design("head32", "+ a 32-wide 1x1 layer after the pool", _WIDER_WITH_HEAD, STEP_RECIPE),
+    Design("augment", "+ augmentation (rotate up to 7 degrees, shift up to 10%)", _WIDER_WITH_HEAD,
            STEP_RECIPE.with_overrides(augment=_AUGMENT)),
-    Design("onecycle", "+ one-cycle schedule to lr 0.1, Nesterov momentum",
-           partial(StepNet, **_BASE, dropout=0.1, width=24, head_width=32),
+    Design("onecycle", "+ one-cycle schedule to lr 0.1, Nesterov momentum", _WIDER_WITH_HEAD,
            STEP_RECIPE.with_overrides(augment=_AUGMENT, **_ONECYCLE)),
-    Design("batch64", "+ batches of 64 instead of 128",
-           partial(StepNet, **_BASE, dropout=0.1, width=24, head_width=32),
+    Design("batch64", "+ batches of 64 instead of 128", _WIDER_WITH_HEAD,
            STEP_RECIPE.with_overrides(augment=_AUGMENT, **_ONECYCLE, batch_size=64)),
-    Design("epochs15", "+ 15 epochs instead of 8",
-           partial(StepNet, **_BASE, dropout=0.1, width=24, head_width=32),
+    Design("epochs15", "+ 15 epochs instead of 8", _WIDER_WITH_HEAD,
            STEP_RECIPE.with_overrides(augment=_AUGMENT, **_ONECYCLE, batch_size=64, epochs=15)),
     registered("final", "+ dropout 0.05 instead of 0.1: the final model"),
     Design("assignment-final-recipe", "control: the assignment's model with the final recipe", AssignmentNet,
@@ -96,6 +94,11 @@ def read_runs(path: Path | None = None) -> list[dict[str, Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def matches(design: Design, run: dict[str, Any]) -> bool:
+    """Return whether a recorded run was made with this design: same recipe (tolerantly) and parameter count."""
+    return design.recipe.matches(run["recipe"]) and run["params"] == count_parameters(design.build())
 
 
 def run_figure(run: dict[str, Any], key: str = "val_acc") -> float:
@@ -140,7 +143,8 @@ def summarize_study(study: str, runs: Sequence[dict[str, Any]] | None = None,
     runs = read_runs() if runs is None else runs
     summaries = []
     for design in STUDIES[study]:
-        mine = sorted((r for r in runs if r["key"] == design.key and r["threads"] == threads), key=lambda r: r["seed"])
+        mine = sorted((r for r in runs if r["key"] == design.key and r["threads"] == threads and matches(design, r)),
+                      key=lambda r: r["seed"])
         if mine:
             summaries.append(DesignSummary(design.key, design.label, mine[0]["params"],
                                            {r["seed"]: run_figure(r) for r in mine},
@@ -176,6 +180,8 @@ class Noise:
     """How much a design's figure moves when nothing about the design changes."""
 
     seed_spread: float  # median over designs of (best seed - worst seed), validation, mean of the last epochs
+    seeds: int  # seeds per design (the most any design has)
+    designs: int  # designs with at least two seeds
     thread_delta: float | None  # |1 thread - 2 threads| for the same design and seed, largest seen; None if unmeasured
     thread_pairs: int  # how many same-seed pairs measured it
 
@@ -190,15 +196,16 @@ def measure_noise(runs: Sequence[dict[str, Any]] | None = None) -> Noise:
     spreads = [max(f.values()) - min(f.values()) for f in by_design.values() if len(f) >= 2]
     deltas = [abs(run_figure(run) - by_design[run["key"]][run["seed"]]) for run in runs
               if run["threads"] != STANDARD_THREADS and run["seed"] in by_design.get(run["key"], {})]
-    return Noise(statistics.median(spreads) if spreads else float("nan"), max(deltas) if deltas else None,
-                 len(deltas))
+    counts = [len(f) for f in by_design.values() if len(f) >= 2]
+    return Noise(statistics.median(spreads) if spreads else float("nan"), max(counts, default=0), len(counts),
+                 max(deltas) if deltas else None, len(deltas))
 
 
 def describe_noise(noise: Noise) -> str:
     """Return the sentence that states the noise every comparison is measured against."""
     text = (f"Run-to-run noise: with nothing changed but the seed, a design's validation figure (mean of its last "
-            f"{LAST_EPOCHS} epochs) moves by {noise.seed_spread:.2f} points between its best and worst of 3 seeds "
-            "(median over the designs measured).")
+            f"{LAST_EPOCHS} epochs) moves by {noise.seed_spread:.2f} points between its best and worst of "
+            f"{noise.seeds} seeds (median over the {noise.designs} designs measured).")
     if noise.thread_delta is not None:
         text += (f" The same seed trained with 2 CPU threads instead of 1 (the same numbers added in another "
                  f"order) moved it by up to {noise.thread_delta:.2f} points ({noise.thread_pairs} pair(s) measured).")

@@ -3,7 +3,8 @@
 `fit` is short enough to read in one go, and notebook 00 prints and explains it line by line. What
 would clutter it sits in small helpers with plain names: `RunningScore` keeps an epoch's loss and
 accuracy sums on the device, `with_progress` draws the progress bar, and `Schedule` steps the
-learning-rate schedule and records the rate and momentum every step used.
+learning-rate schedule and records the rate and momentum every step used. `NonFiniteLoss` stops a run
+whose loss is no longer a number; `predict` returns a model's classes for notebook 07.
 """
 
 from __future__ import annotations
@@ -170,9 +171,10 @@ class History:
         stats = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc}
         for name, (loss, acc) in results.items():
             stats.update({f"{name}_loss": loss, f"{name}_acc": acc})
-        if not all(math.isfinite(value) for value in stats.values()):
-            raise NonFiniteLoss(f"the loss became {train_loss} in epoch {epoch}: training diverged; lower the "
-                                "learning rate (--lr) and run again")
+        broken = [f"{key} {value}" for key, value in stats.items() if not math.isfinite(value)]
+        if broken:
+            raise NonFiniteLoss(f"{', '.join(broken)} in epoch {epoch}: training diverged; lower the learning rate "
+                                "(--lr) and run again")
         self.epochs.append({**stats, "lr": lr, "seconds": seconds})
 
     def column(self, key: str) -> list[float]:
@@ -200,8 +202,10 @@ class History:
                    dict(data.get("schedule", {})))
 
     def save(self, path: Path) -> None:
-        """Write the history as strict JSON to `path` (no NaN or Infinity, which JSON does not have)."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+        """Write the history as strict JSON to `path` (no NaN or Infinity, which JSON does not have), atomically."""
+        from mnist_lesson.data import atomic_write
+
+        atomic_write(Path(path), (json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n").encode())
 
     @classmethod
     def load(cls, path: Path) -> History:

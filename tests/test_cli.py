@@ -60,6 +60,8 @@ def test_the_verdict_line_judges_budget_and_every_last_epoch() -> None:
     assert dip.endswith("NOT every one >= 99.40% (target NOT met)")
     assert "(budget NOT met)" in cli.verdict("first", 1_199_882, [99.0] * 3, 3, smoke=False)
     assert "< 5,000 (budget met)" in cli.verdict("under5k", 4_832, [99.0] * 3, 3, smoke=False)
+    too_long = cli.verdict("assignment", 13_816, [99.5] * 19, 19, smoke=False)
+    assert too_long.endswith("every one >= 99.40%; the claim allows at most 15 epochs (target NOT met)")
 
 
 @pytest.mark.parametrize(("args", "expected"), [

@@ -147,3 +147,15 @@ def test_the_explorer_builds_ordinary_modules_and_refuses_impossible_knobs() -> 
         Knobs(pool_after=5)
     with pytest.raises(UsageError, match="shrinks to nothing"):
         KnobNet(Knobs(widths=((8,) * 14,), padded=0, pool_after=0))
+
+
+def test_the_assignment_knobs_rebuild_the_assignments_layers() -> None:
+    """The explorer's knobs and the registered model describe the same network, layer for layer (the explorer
+    pools with AdaptiveAvgPool2d(1), the assignment with AvgPool2d(5) over its 5x5 map: the same window)."""
+    from mnist_lesson.models import get_model
+
+    def layers(model: nn.Module) -> list[tuple[str, tuple[int, ...], int, int]]:
+        return [(row.kind.replace("Adaptive", ""), row.out_shape, row.rf, row.params)
+                for row in layer_table(model).rows]
+
+    assert layers(KnobNet(ASSIGNMENT_KNOBS)) == layers(get_model("assignment"))

@@ -1,5 +1,0 @@
-import sys
-
-from mnist_lesson.cli import main
-
-sys.exit(main())
