@@ -32,9 +32,14 @@ SITE_PACKAGES = sysconfig.get_paths()["purelib"]
 def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Build the wheel, install it into a fresh target folder and define a kernel that sees only that copy."""
     base = tmp_path_factory.mktemp("colab")
-    wheels, target = base / "wheels", base / "site"
+    wheels, target, source = base / "wheels", base / "site", base / "source"
+    # Build from a copy of what the package is made of, so the build leaves nothing in the checkout.
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "mnist_lesson", source / "mnist_lesson", ignore=shutil.ignore_patterns("__pycache__", "*.lock"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "-w", str(wheels), str(REPO)], check=True, timeout=600)
+                    "-w", str(wheels), str(source)], check=True, timeout=600)
     (wheel,) = wheels.glob("mnist_lesson-*.whl")
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target),
                     str(wheel)], check=True, timeout=600)
