@@ -37,7 +37,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    shutil.copytree(REPO / "mnist_lesson", source / "mnist_lesson", ignore=shutil.ignore_patterns("__pycache__", "*.lock"))
+    shutil.copytree(REPO / "mnist_lesson", source / "mnist_lesson",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.lock"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
                     "-w", str(wheels), str(source)], check=True, timeout=600)
     (wheel,) = wheels.glob("mnist_lesson-*.whl")
