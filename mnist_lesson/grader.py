@@ -7,18 +7,15 @@ runs only `STUDENT = key`, the exercises' import cell (PRELUDE) and the student'
 grading step built from a private copy of the checks' source read when the grader started; the results come
 back in a file, not in the output. The interface with mnist_lesson.checks is fixed in the contract of issue 14.
 
-The grader keeps its own record of finished students and writes every file from it by atomic replacement after
-each student, under a lock (one writer): a submission that truncates or deletes the gradebook loses nothing, and
-a Ctrl-C records nothing for the students in progress. What is and is not protected: the README's "Grading".
+Each finished student is recorded whole in the gradebook (gradebook.py: the grader's own record, and the files
+written from it under a lock), so a Ctrl-C records nothing for the students in progress. What is and is not
+protected: the README's "Grading".
 """
 
 from __future__ import annotations
 
-import csv
 import errno
-import hashlib
 import importlib
-import io
 import json
 import math
 import os
@@ -36,13 +33,11 @@ import nbformat
 
 from mnist_lesson import sandbox
 from mnist_lesson.config import SMOKE_ENV, UsageError
+from mnist_lesson.gradebook import TOTAL, Gradebook, Row, _digest, check_output
 from mnist_lesson.sandbox import Reply, Sandbox, Step, StepResult, Stopped
 
 CHECKS_MODULE = "mnist_lesson.checks"
 SUFFIX = ".ipynb"  # matched whatever its case (W.IPYNB is a submission too)
-COLUMNS = ["student", "exercise", "points", "max_points", "hints", "message"]
-_OLD_COLUMNS = ["student", "exercise", "points", "max_points", "message"]  # gradebooks from before hints
-TOTAL = "TOTAL"
 MAX_FILE_BYTES = 20 * 1024 * 1024  # a submission larger than this is not run
 MAX_RESULTS_BYTES = 1024 * 1024  # of the grading step's results file
 REPORT_SECONDS = 30.0  # for the hidden cell that reads hint use in the student's own kernel
@@ -63,22 +58,6 @@ class GradingLimits:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise UsageError(f"the {name} limit must be a finite number of seconds above 0, not {value!r}")
 
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the gradebook; `hints` is None where hint use could not be read."""
-
-    student: str
-    exercise: str
-    points: int
-    max_points: int
-    hints: int | None
-    message: str
-
-    def cells(self) -> list[object]:
-        """Return the row's CSV cells, in COLUMNS order, the message on one line."""
-        return [self.student, self.exercise, self.points, self.max_points, "" if self.hints is None else self.hints,
-                " ".join(self.message.split())]
 
 
 class GraderFailure(RuntimeError):
@@ -370,13 +349,13 @@ def _read_results(channel: Path, checks: Checks) -> dict[str, tuple[int, str]]:
 
 
 def _student_env(jobs: int) -> dict[str, str]:
-    # Smoke mode, no variables that look like credentials, and torch threads as runs.set_cpu_threads picks them
-    # (one on a CPU already busy, where two per process wait on each other), shared by the kernels running at once.
+    # Smoke mode, no variables that look like credentials, and torch threads as runs.default_threads picks them
+    # for the kernels running at once (one each on a CPU that is already busy).
+    from mnist_lesson.runs import default_threads
+
     secret = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
     env = {k: v for k, v in os.environ.items() if not any(word in k.upper() for word in secret)}
-    cores = os.cpu_count() or 1
-    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 0.5
-    env.setdefault("OMP_NUM_THREADS", str(1 if busy else max(1, cores // jobs)))
+    env.setdefault("OMP_NUM_THREADS", str(default_threads(jobs)))
     return {**env, SMOKE_ENV: "1"}
 
 
@@ -496,203 +475,6 @@ def grade_notebook(path: Path, student: str | None = None, checks: Checks | None
     total_hints = None if hints is None else sum(hints.values())
     message = "; ".join(notes + grading_notes) or "ran without errors"
     return rows + [Row(student, TOTAL, sum(r.points for r in rows), checks.full, total_hints, message)]
-
-
-# --- the gradebook: the grader's record, and the files written from it ----------------------------------------
-
-
-def _digest(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        return None
-
-
-def _replace(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically: a temporary file in the same folder, synced, then renamed over it."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
-def feedback_file(student: str) -> str:
-    """Return the feedback file name of `student`: the name itself where it is a safe file name, else a hash."""
-    if student.isprintable() and "/" not in student and "\\" not in student and not student.startswith(".") \
-            and len(student.encode()) <= 200:
-        return f"{student}.md"
-    return f"student-{hashlib.sha256(student.encode()).hexdigest()[:12]}.md"
-
-
-def feedback_text(rows: list[Row], checks: Checks) -> str:
-    """Return a student's feedback in markdown: the total, how the notebook ran, each exercise's points and message."""
-    total, titles = rows[-1], {ex.name: ex.title for ex in checks.exercises}
-    lines = [f"# {total.student}: {total.points} of {total.max_points} points", "",
-             f"How the notebook ran: {total.message}.", ""]
-    if total.hints is not None:
-        lines += [f"Hints used: {total.hints}.", ""]
-    for row in rows[:-1]:
-        lines += [f"## {row.exercise} · {titles.get(row.exercise, '')}: {row.points} of {row.max_points}", "",
-                  row.message, ""]
-        if row.hints:
-            lines += [f"Hints used: {row.hints}.", ""]
-    return "\n".join(lines)
-
-
-def check_output(path: Path, what: str, folder: bool = False) -> Path:
-    """Return `path` if it can be written as an output file (or folder); raise UsageError before any grading if not."""
-    if not path.parent.is_dir():
-        raise UsageError(f"{what} {path}: the folder {path.parent} does not exist; create it or choose another")
-    if path.exists() and path.is_dir() != folder:
-        raise UsageError(f"{what} {path} is {'not ' if folder else ''}a folder; choose another")
-    return path
-
-
-class Gradebook:
-    """The record of finished students, and the files written from it: `with Gradebook(...) as book:` holds the lock.
-
-    Files: the long CSV (COLUMNS, a TOTAL row per student), a wide CSV (a row per student: points per exercise,
-    total, hints) and a markdown feedback file per student."""
-
-    def __init__(self, path: Path, checks: Checks, wide: Path | None = None, feedback: Path | None = None,
-                 log: Callable[[str], None] = print) -> None:
-        self.path, self.checks, self.log = Path(path), checks, log
-        self.wide = check_output(Path(wide) if wide else self.path.with_name(f"{self.path.stem}-wide.csv"), "--wide")
-        self.feedback = check_output(Path(feedback) if feedback else self.path.with_name(f"{self.path.stem}-feedback"),
-                                     "--feedback", folder=True)
-        self.students: dict[str, list[Row]] = {}
-        self.changed = 0  # times a file was found changed behind the grader's back
-        self._written: dict[Path, str | None] = {}
-        self._lock_fd: int | None = None
-
-    def __enter__(self) -> Gradebook:
-        import fcntl
-
-        lock = self.path.with_name(f"{self.path.name}.lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UsageError(f"another grader is writing {self.path} (it holds {lock}); wait for it to finish, or "
-                             "choose another --out") from None
-        self._lock_fd = fd
-        try:
-            self._load()
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing releases the lock
-            self._lock_fd = None
-
-    def _load(self) -> None:
-        for target in (self.path, self.wide):
-            self._written[target] = _digest(target)
-        try:
-            text = self.path.read_bytes().decode("utf-8")
-        except FileNotFoundError:
-            return
-        except UnicodeDecodeError:
-            raise UsageError(f"{self.path} is not a gradebook (not UTF-8 text); choose another --out") from None
-        if not text:
-            return
-        lines = text.splitlines(keepends=True)
-        if not lines[-1].endswith("\n"):  # a torn last row is never taken as graded
-            self.log(f"the last row of {self.path} is incomplete (the grader was cut off): its student is graded again")
-            lines.pop()
-        try:
-            records = list(csv.reader(lines))
-        except csv.Error as exc:
-            raise UsageError(f"{self.path} is not a gradebook ({exc}); choose another --out") from None
-        header = records[0] if records else COLUMNS
-        if header not in (COLUMNS, _OLD_COLUMNS):
-            raise UsageError(f"{self.path} is not a gradebook (its header is {header}, expected {COLUMNS}); choose "
-                             "another --out")
-        unreadable = 0
-        for cells in records[1:]:
-            item = dict(zip(header, cells, strict=False))
-            try:
-                hints = item.get("hints", "")
-                row = Row(item["student"], item["exercise"], int(item["points"]), int(item["max_points"]),
-                          int(hints) if hints else None, item["message"])
-            except (KeyError, ValueError):
-                unreadable += 1
-                continue
-            self.students.setdefault(row.student, []).append(row)
-        if unreadable:
-            self.log(f"{unreadable} unreadable row(s) in {self.path} were dropped; their students are graded again")
-
-    def complete(self, student: str) -> bool:
-        """Return whether `student` has a full, consistent set of rows for the current exercises."""
-        rows = self.students.get(student, [])
-        expected = [(ex.name, ex.max_points) for ex in self.checks.exercises] + [(TOTAL, self.checks.full)]
-        return ([(r.exercise, r.max_points) for r in rows] == expected
-                and all(0 <= r.points <= r.max_points for r in rows)
-                and rows[-1].points == sum(r.points for r in rows[:-1]))
-
-    def graded(self) -> set[str]:
-        """Return the students already graded (a complete set of rows)."""
-        return {student for student in self.students if self.complete(student)}
-
-    def record(self, rows: list[Row]) -> None:
-        """Add one student's rows (replacing any earlier ones) and write every file from the record."""
-        self.students[rows[-1].student] = rows
-        self.save([rows[-1].student])
-
-    def _long(self) -> str:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(COLUMNS)
-        writer.writerows(row.cells() for student in sorted(self.students) for row in self.students[student])
-        return out.getvalue()
-
-    def _wide(self) -> str:
-        out = io.StringIO()
-        writer = csv.writer(out, lineterminator="\n")
-        writer.writerow(["student"] + [ex.name for ex in self.checks.exercises] + ["total", "hints"])
-        for student in sorted(self.students):
-            if self.complete(student):
-                rows = self.students[student]
-                total = rows[-1]
-                writer.writerow([student] + [r.points for r in rows[:-1]]
-                                + [total.points, "" if total.hints is None else total.hints])
-        return out.getvalue()
-
-    def save(self, feedback_for: list[str] | None = None) -> None:
-        """Write the long and wide CSVs from the record, and the feedback of `feedback_for` (None: everyone);
-        a file changed by anything but the grader since it last wrote it is reported, then rewritten."""
-        for target, text in ((self.path, self._long()), (self.wide, self._wide())):
-            if _digest(target) != self._written.get(target):
-                self.changed += 1
-                self.log(f"{target} was changed by something other than this grader (a submission?); rewritten from "
-                         "the grader's own record")
-            _replace(target, text)
-            self._written[target] = hashlib.sha256(text.encode()).hexdigest()
-        self.feedback.mkdir(exist_ok=True)
-        for student in self.students if feedback_for is None else feedback_for:
-            if self.complete(student):
-                _replace(self.feedback / feedback_file(student), feedback_text(self.students[student], self.checks))
-
-
-def graded_students(gradebook: Path, checks: Checks | None = None) -> set[str]:
-    """Return the students with a complete set of rows in the gradebook at `gradebook` (read without the lock)."""
-    book = Gradebook(gradebook, checks or Checks.load(), log=lambda message: None)
-    book._load()
-    return book.graded()
 
 
 # --- a folder of submissions ---------------------------------------------------------------------------------

@@ -26,19 +26,21 @@ from mnist_lesson.data import (
     LOCAL,
     DataError,
     Source,
-    UnsafePickleError,
     atomic_write,
     check_root,
     data_root,
     ensure_mnist,
+    is_valid,
+    md5_of,
+    raw_folder,
+)
+from mnist_lesson.hub import (
+    UnsafePickleError,
     fetch_from_hub_wheel,
     idx_images,
     idx_labels,
-    is_valid,
     load_numpy_pickle,
-    md5_of,
     mnist_from_hub_pickle,
-    raw_folder,
 )
 
 

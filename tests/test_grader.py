@@ -24,7 +24,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mnist_lesson import grader, sandbox
+from mnist_lesson import gradebook, grader, sandbox
 from mnist_lesson.config import UsageError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,59 +252,59 @@ def graded(tmp_path_factory: pytest.TempPathFactory, fake_checks: grader.Checks)
 
 
 def points(graded: dict, student: str) -> dict[str, int]:
-    return {ex: int(graded["book"][(student, ex)]["points"]) for ex in ("ea", "eb", grader.TOTAL)}
+    return {ex: int(graded["book"][(student, ex)]["points"]) for ex in ("ea", "eb", gradebook.TOTAL)}
 
 
 def total(graded: dict, student: str) -> dict[str, str]:
-    return graded["book"][(student, grader.TOTAL)]
+    return graded["book"][(student, gradebook.TOTAL)]
 
 
 def test_every_submission_gets_one_row_per_exercise_and_a_total(graded: dict) -> None:
     assert set(graded["summary"].totals) == set(graded["students"]) and not graded["summary"].failed
-    assert [r["exercise"] for r in graded["rows"]] == ["ea", "eb", grader.TOTAL] * len(graded["students"])
-    assert list(graded["rows"][0]) == grader.COLUMNS
+    assert [r["exercise"] for r in graded["rows"]] == ["ea", "eb", gradebook.TOTAL] * len(graded["students"])
+    assert list(graded["rows"][0]) == gradebook.COLUMNS
 
 
 def test_a_correct_submission_gets_full_marks(graded: dict) -> None:
-    assert points(graded, "correct") == {"ea": 2, "eb": 1, grader.TOTAL: 3}
+    assert points(graded, "correct") == {"ea": 2, "eb": 1, gradebook.TOTAL: 3}
     assert total(graded, "correct")["message"] == "ran without errors"
     assert total(graded, "correct")["hints"] == "0"
 
 
 def test_partial_credit_and_the_students_own_numbers(graded: dict) -> None:
-    assert points(graded, "partly") == {"ea": 1, "eb": 1, grader.TOTAL: 2}
+    assert points(graded, "partly") == {"ea": 1, "eb": 1, gradebook.TOTAL: 2}
     assert graded["book"][("partly", "ea")]["message"] == "an int, but not the one."
 
 
 def test_an_exception_costs_nothing_else(graded: dict) -> None:
-    assert points(graded, "raises")[grader.TOTAL] == 3
+    assert points(graded, "raises")[gradebook.TOTAL] == 3
     assert total(graded, "raises")["message"].startswith("1 cell(s) raised an error (first: code cell 5, "
                                                          "ZeroDivisionError")
 
 
 def test_hint_use_is_recorded_per_exercise(graded: dict) -> None:
-    assert [graded["book"][("hints", ex)]["hints"] for ex in ("ea", "eb", grader.TOTAL)] == ["2", "1", "3"]
-    assert points(graded, "hints")[grader.TOTAL] == 3
+    assert [graded["book"][("hints", ex)]["hints"] for ex in ("ea", "eb", gradebook.TOTAL)] == ["2", "1", "3"]
+    assert points(graded, "hints")[gradebook.TOTAL] == 3
 
 
 def test_forging_outside_the_answer_cells_changes_nothing(graded: dict) -> None:
-    assert points(graded, "forger") == {"ea": 0, "eb": 0, grader.TOTAL: 0}
+    assert points(graded, "forger") == {"ea": 0, "eb": 0, gradebook.TOTAL: 0}
     assert graded["book"][("forger", "ea")]["message"] == "not answered yet."
 
 
 def test_forging_inside_answer_cells_does_not_reach_the_captured_grading_step(graded: dict) -> None:
     # print, exec, json.dumps, isinstance, callable, sys.stdout and the public checks replaced: no effect.
-    assert points(graded, "answer_forger") == {"ea": 0, "eb": 0, grader.TOTAL: 0}
+    assert points(graded, "answer_forger") == {"ea": 0, "eb": 0, gradebook.TOTAL: 0}
 
 
 def test_answer_cells_are_found_by_metadata_or_first_line(graded: dict) -> None:
-    assert points(graded, "first_line")[grader.TOTAL] == 3
-    assert points(graded, "stripped")[grader.TOTAL] == 0
+    assert points(graded, "first_line")[gradebook.TOTAL] == 3
+    assert points(graded, "stripped")[gradebook.TOTAL] == 0
     assert "answer cells could not be found" in graded["book"][("stripped", "ea")]["message"]
 
 
 def test_only_answer_cells_are_graded(graded: dict) -> None:
-    assert points(graded, "helper") == {"ea": 2, "eb": 0, grader.TOTAL: 2}
+    assert points(graded, "helper") == {"ea": 2, "eb": 0, gradebook.TOTAL: 2}
     message = total(graded, "helper")["message"]
     assert "grading: answer cell eb raised NameError: name 'twice' is not defined" in message
     assert "keep everything an answer needs inside its answer cell" in message
@@ -312,26 +312,26 @@ def test_only_answer_cells_are_graded(graded: dict) -> None:
 
 def test_the_file_name_is_the_student_key(graded: dict) -> None:
     # Graded as "other_key" (its own numbers: eb is checked on len(key)), and told the notebook used another key.
-    assert points(graded, "other_key")[grader.TOTAL] == 3
+    assert points(graded, "other_key")[gradebook.TOTAL] == 3
     assert "student key 'somebody else' but was graded as 'other_key'" in total(graded, "other_key")["message"]
 
 
 def test_kernels_that_exit_or_ask_for_input_are_still_graded(graded: dict) -> None:
     for student in ("exits", "terminates"):
-        assert points(graded, student)[grader.TOTAL] == 3, student
+        assert points(graded, student)[gradebook.TOTAL] == 3, student
         assert "the kernel stopped by itself in cell 5 of the notebook" in total(graded, student)["message"], student
-    assert points(graded, "quits")[grader.TOTAL] == 3
-    assert points(graded, "asks")[grader.TOTAL] == 3
+    assert points(graded, "quits")[gradebook.TOTAL] == 3
+    assert points(graded, "asks")[gradebook.TOTAL] == 3
     assert "StdinNotImplementedError" in total(graded, "asks")["message"]
 
 
 def test_floods_of_output_cost_nothing_even_in_the_grading_step(graded: dict) -> None:
-    assert points(graded, "floods")[grader.TOTAL] == 3
+    assert points(graded, "floods")[gradebook.TOTAL] == 3
     assert total(graded, "floods")["message"] == "ran without errors"
 
 
 def test_nothing_a_submission_started_outlives_its_grading(graded: dict) -> None:
-    assert points(graded, "background")[grader.TOTAL] == 3
+    assert points(graded, "background")[gradebook.TOTAL] == 3
     assert graded["leftovers"] == []
 
 
@@ -349,7 +349,7 @@ def test_kernels_run_under_limits_and_without_network_where_the_system_allows(gr
 
 def test_odd_names_are_graded_under_safe_names(graded: dict) -> None:
     for student in ["Zoë, \"quoted\" 'name'", "n" * 240, "W", "caf\\xe9", "new\\nline"]:
-        assert points(graded, student)[grader.TOTAL] == 3, student
+        assert points(graded, student)[gradebook.TOTAL] == 3, student
 
 
 def test_files_that_are_not_notebooks_get_rows_with_the_reason(graded: dict) -> None:
@@ -358,10 +358,10 @@ def test_files_that_are_not_notebooks_get_rows_with_the_reason(graded: dict) -> 
                "latin1": "not a notebook: not UTF-8",
                "link": "a symbolic link, not a notebook", "fifo": "not a regular file", "folder": "not a regular file"}
     for student, reason in reasons.items():
-        assert points(graded, student)[grader.TOTAL] == 0, student
+        assert points(graded, student)[gradebook.TOTAL] == 0, student
         assert total(graded, student)["message"].startswith(reason), (student, total(graded, student)["message"])
         assert total(graded, student)["max_points"] == "3"
-    assert points(graded, "v3")[grader.TOTAL] == 0  # a valid old notebook, without answer cells
+    assert points(graded, "v3")[gradebook.TOTAL] == 0  # a valid old notebook, without answer cells
     assert "TOPSECRET" not in graded["out"].read_text()
     assert "hidden" not in graded["out"].read_text()
 
@@ -380,7 +380,7 @@ def test_every_student_gets_a_feedback_file(graded: dict) -> None:
     text = (folder / "partly.md").read_text()
     assert text.startswith("# partly: 2 of 3 points")
     assert "## ea · the answer: 1 of 2\n\nan int, but not the one." in text
-    assert (folder / grader.feedback_file("new\\nline")).read_text().startswith("# new\\nline: 3 of 3")
+    assert (folder / gradebook.feedback_file("new\\nline")).read_text().startswith("# new\\nline: 3 of 3")
 
 
 # --- time limits: tiny notebooks that only wait or loop, under short limits ------------------------------------
@@ -474,13 +474,13 @@ def test_ctrl_c_stops_cleanly_records_nothing_in_progress_and_resumes(tmp_path: 
     interrupt_when(sentinel)
     with pytest.raises(KeyboardInterrupt):
         grader.grade_folder(folder, out, GENEROUS, checks=fake_checks, check_data=False, log=messages.append)
-    assert [r["student"] for r in read_csv(out) if r["exercise"] == grader.TOTAL] == ["a"]
+    assert [r["student"] for r in read_csv(out) if r["exercise"] == gradebook.TOTAL] == ["a"]
     assert "nothing was recorded for b" in messages[-1] and "Run the same command again" in messages[-1]
     assert leftovers() == []
     (folder / "b.ipynb").write_text(notebook("b"))
     again = grader.grade_folder(folder, out, GENEROUS, checks=fake_checks, check_data=False, log=lambda m: None)
     assert set(again.totals) == {"b"} and again.skipped == 1
-    assert grader.graded_students(out, fake_checks) == {"a", "b"}
+    assert gradebook.graded_students(out, fake_checks) == {"a", "b"}
 
 
 def test_ctrl_c_on_the_command_line_exits_130_and_says_how_to_resume(tmp_path: Path,
@@ -533,7 +533,7 @@ def test_a_second_grader_on_the_same_gradebook_is_refused(tmp_path: Path, fake_c
             grader.grade_folder(tmp_path, out, checks=fake_checks, check_data=False, log=lambda m: None)
     assert not out.exists()
     grader.grade_folder(tmp_path, out, checks=fake_checks, check_data=False, log=lambda m: None)  # lock released
-    assert grader.graded_students(out, fake_checks) == {"a"}
+    assert gradebook.graded_students(out, fake_checks) == {"a"}
 
 
 def test_a_torn_last_row_is_never_taken_as_graded(tmp_path: Path, fake_checks: grader.Checks) -> None:
@@ -558,7 +558,7 @@ def test_rerun_skips_graded_students_redo_grades_again_and_old_gradebooks_are_re
     assert set(grader.grade_folder(tmp_path, out, checks=fake_checks, check_data=False, log=lambda m: None).totals) == \
         {"a", "b"}
     before = out.read_text()
-    assert before.startswith(",".join(grader.COLUMNS) + "\n")  # rewritten with the hints column, sorted by student
+    assert before.startswith(",".join(gradebook.COLUMNS) + "\n")  # rewritten with the hints column, sorted by student
     assert "\nold,ea,2,2,,kept\nold,eb,1,1,,kept\nold,TOTAL,3,3,,kept\n" in before  # an old gradebook keeps its rows
     again = grader.grade_folder(tmp_path, out, checks=fake_checks, check_data=False, log=lambda m: None)
     assert again.totals == {} and again.skipped == 2 and out.read_text() == before
@@ -581,7 +581,7 @@ def test_a_grader_failure_records_nothing_and_is_retried(tmp_path: Path, fake_ch
     out = tmp_path / "grades.csv"
     summary = grader.grade_folder(tmp_path, out, checks=fake_checks, check_data=False, log=lambda m: None)
     assert set(summary.totals) == {"a", "c"} and set(summary.failed) == {"b"}
-    assert grader.graded_students(out, fake_checks) == {"a", "c"}
+    assert gradebook.graded_students(out, fake_checks) == {"a", "c"}
     monkeypatch.setattr(grader, "grade_notebook", real)
     assert set(grader.grade_folder(tmp_path, out, checks=fake_checks, check_data=False, log=lambda m: None).totals) \
         == {"b"}
@@ -592,7 +592,7 @@ def test_a_submission_that_changes_code_every_kernel_runs_stops_the_run(tmp_path
     assert {str(Path(grader.__file__)), str(Path(sandbox.__file__))} <= set(grader.code_digests())
     module = tmp_path / "module.py"  # stands for the package's own modules, which a notebook could rewrite
     module.write_text("x = 1\n")
-    monkeypatch.setattr(grader, "code_digests", lambda: {str(module): grader._digest(module)})
+    monkeypatch.setattr(grader, "code_digests", lambda: {str(module): gradebook._digest(module)})
     folder, out = tmp_path / "in", tmp_path / "grades.csv"
     folder.mkdir()
     (folder / "a.ipynb").write_text(notebook("a"))
@@ -601,7 +601,7 @@ def test_a_submission_that_changes_code_every_kernel_runs_stops_the_run(tmp_path
     messages: list[str] = []
     with pytest.raises(grader.EnvironmentChanged, match="module.py changed while b was graded"):
         grader.grade_folder(folder, out, GENEROUS, checks=fake_checks, check_data=False, log=messages.append)
-    assert grader.graded_students(out, fake_checks) == {"a"} and "nothing was recorded for b" in messages[-1]
+    assert gradebook.graded_students(out, fake_checks) == {"a"} and "nothing was recorded for b" in messages[-1]
 
 
 def test_outputs_in_missing_folders_and_foreign_csv_are_refused_before_grading(tmp_path: Path,
@@ -641,7 +641,7 @@ def test_names_and_files_are_found_whatever_the_suffix_case(tmp_path: Path) -> N
     (tmp_path / "b.IPYNB").write_text("")
     assert [s.student for s in grader.find_submissions(tmp_path)][2:] == ["b.IPYNB", "b.ipynb"]  # one student, twice
     assert grader.student_name(os.fsdecode(b"caf\xe9\n.ipynb")) == "caf\\xe9\\n"
-    assert grader.feedback_file("alice") == "alice.md" and grader.feedback_file("../x").startswith("student-")
+    assert gradebook.feedback_file("alice") == "alice.md" and gradebook.feedback_file("../x").startswith("student-")
 
 
 def test_malformed_torn_or_impossible_results_are_refused(tmp_path: Path, fake_checks: grader.Checks) -> None:
