@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mnist_lesson.config import LAST_EPOCHS, MAX_EPOCHS, TARGET
+from mnist_lesson.config import CLAIM_SEEDS, LAST_EPOCHS, MAX_EPOCHS, TARGET
 from mnist_lesson.data import atomic_write
 from mnist_lesson.train import History
 
@@ -146,15 +146,30 @@ class SeedsSummary:
 
     @property
     def holds(self) -> bool:
-        """Whether the course's claim holds: every last epoch of every seed reaches the target."""
+        """Whether every last epoch of every recorded seed reaches the target."""
         return self.passing == len(self.last_accs)
+
+    @property
+    def claimed(self) -> bool:
+        """Whether the course claims it: it holds, and on every one of the claim's seeds (0-9)."""
+        return self.holds and set(CLAIM_SEEDS) <= set(self.last_accs)
+
+    @property
+    def verdict(self) -> str:
+        """The claim in words: holds on the claim's seeds, does not hold, or not yet run on all of them."""
+        if not self.holds:
+            return "does not hold"
+        if self.claimed:
+            return f"holds on {len(self.last_accs)} seeds"
+        missing = len(set(CLAIM_SEEDS) - set(self.last_accs))
+        return f"not claimed yet: {missing} of the {len(CLAIM_SEEDS)} seeds not run"
 
     def lines(self) -> list[str]:
         """Return one line per seed and a verdict line, as benchmarks/seeds.py and notebook 07 print them."""
         out = [f"seed {seed}: last {LAST_EPOCHS} epochs {', '.join(f'{a:.2f}' for a in accs)} -> "
                f"{'all' if claim_holds(accs) else 'NOT all'} >= {TARGET:.2f}%" for seed, accs in self.last_accs.items()]
         out.append(f"{self.model}: {self.params:,} parameters, {self.passing} of {len(self.last_accs)} seeds hold, "
-                   f"worst epoch {self.worst:.2f}: the claim {'holds' if self.holds else 'does NOT hold'}")
+                   f"worst epoch {self.worst:.2f}: the claim {self.verdict}")
         return out
 
 

@@ -37,12 +37,12 @@ def steps_table(summaries: Sequence[RunSummary]) -> str:
 def seeds_table(summaries: Sequence[SeedsSummary]) -> str:
     """Return a markdown table of multi-seed results: seeds passing, worst and per-seed last-epoch minima."""
     rows = [f"| model | parameters | epochs | seeds with all last {LAST_EPOCHS} >= {TARGET:.2f} "
-            f"| worst of the last {LAST_EPOCHS} | lowest of the last {LAST_EPOCHS}, per seed | device |",
-            "|---|---:|---:|---:|---:|---|---|"]
+            f"| worst of the last {LAST_EPOCHS} | claim | lowest of the last {LAST_EPOCHS}, per seed | device |",
+            "|---|---:|---:|---:|---:|---|---|---|"]
     for s in summaries:
         per_seed = _accs([low for _, low in sorted(s.seed_mins.items())])
         rows.append(f"| {s.model} | {s.params:,} | {s.epochs} | {s.passing} of {len(s.last_accs)} | {s.worst:.2f} "
-                    f"| {per_seed} | {s.device} |")
+                    f"| {s.verdict} | {per_seed} | {s.device} |")
     return "\n".join(rows)
 
 

@@ -116,9 +116,12 @@ def test_seeds_summary_judges_every_last_epoch_of_every_seed(tmp_path: Path) -> 
     assert summary.seed_mins == {0: 99.41, 1: 99.39}
     assert summary.worst == 99.39 and summary.passing == 1 and not summary.holds
     table = seeds_table([summary])
-    assert "| tiny | 4,000 | 15 | 1 of 2 | 99.39 | 99.41, 99.39 | cpu (1 threads) |" in table
+    assert "| tiny | 4,000 | 15 | 1 of 2 | 99.39 | does not hold | 99.41, 99.39 | cpu (1 threads) |" in table
     path = write_seeds_file(tmp_path / "seeds_tiny.json", {0: [99.40, 99.41, 99.50]})
-    assert summarize_seeds(path).holds
+    assert summarize_seeds(path).holds and not summarize_seeds(path).claimed
+    assert summarize_seeds(path).verdict == "not claimed yet: 9 of the 10 seeds not run"
+    ten = write_seeds_file(tmp_path / "seeds_ten.json", {seed: [99.45, 99.41, 99.50] for seed in range(10)})
+    assert summarize_seeds(ten).claimed and summarize_seeds(ten).verdict == "holds on 10 seeds"
     data = json.loads(path.read_text())
     data["runs"][0]["speed"] = {"amp": True, "compile": False, "eval_batch_size": None}
     path.write_text(json.dumps(data))
