@@ -945,7 +945,7 @@ SMALL_ACCURACY = 20.0  # % after the smoke training: chance is 10%, a good small
 
 
 def _smoke_accuracy(model: nn.Module) -> float:
-    """Train a re-initialised copy of `model` briefly (smoke mode, seed 0) and return its test accuracy in %."""
+    """Train a re-initialized copy of `model` briefly (smoke mode, seed 0) and return its test accuracy in %."""
     from mnist_lesson.config import Recipe
     from mnist_lesson.runs import TrainingStopped, pick_device, train_recipe
 
