@@ -103,7 +103,8 @@ def runtime_note(notebook: str, device: Any) -> str:
         lines.append(f"No GPU: a full run of this notebook took {minutes:.1f} min on {label} when it was recorded; "
                      "a slower or busier CPU takes longer.")
     else:
-        lines.append("No GPU: this notebook's full-run time on a CPU has not been recorded.")
+        lines.append("No GPU: no full-run time of this notebook on a CPU had been recorded when this ran (the "
+                     "README lists the recorded ones).")
     lines.append("In Colab, Runtime > Change runtime type > T4 GPU makes it faster (the notebook runs the same).")
     return "\n".join(lines)
 
