@@ -20,7 +20,7 @@ from common import REPO, RESULTS, refuse_smoke_mode
 from nbclient import NotebookClient
 
 from mnist_lesson.results import write_json
-from mnist_lesson.runs import describe_device, pick_device
+from mnist_lesson.runs import describe_device, pick_device, set_cpu_threads
 
 TIMES = RESULTS / "notebook_times.json"
 
@@ -43,14 +43,15 @@ def main() -> int:
     args = parser.parse_args()
     refuse_smoke_mode("stored outputs must come from full runs")
     paths = args.notebooks or sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    set_cpu_threads()  # the rule each notebook's kernel applies, so the label names the threads it computes with
     device = describe_device(pick_device())
-    times = json.loads(TIMES.read_text()) if TIMES.exists() else {}
     for path in paths:
         print(f"running {path.name} on {device} ...", flush=True)
         seconds = run_notebook(path.resolve())
         # Relative to notebooks/ (student/x.ipynb apart from x.ipynb), else to the repository (instructor/x.ipynb).
         home = REPO / "notebooks" if path.resolve().is_relative_to(REPO / "notebooks") else REPO
         key = str(path.resolve().relative_to(home))
+        times = json.loads(TIMES.read_text()) if TIMES.exists() else {}  # read late: two runners may share it
         times.setdefault(device, {})[key] = round(seconds, 1)
         write_json(TIMES, times)
         print(f"  {seconds / 60:.1f} min", flush=True)

@@ -50,7 +50,8 @@ class GradingLimits:
 
     timeout: float = 120.0  # the notebook as handed in, first cell to last (and again for its answer cells alone)
     grading: float = 300.0  # the hidden grading step (one check trains a small model briefly)
-    grace: float = 5.0  # from the interrupt at a limit to the kill of code that ignores it
+    grace: float = 10.0  # from the interrupt at a limit to the kill of code that ignores it (a slow CPU
+    # can take seconds to format the first traceback)
 
     def __post_init__(self) -> None:
         for name in ("timeout", "grading", "grace"):

@@ -323,7 +323,7 @@ def _rmtree(path: Path) -> None:
 class Sandbox:
     """One kernel's private folder and lifetime: `with Sandbox(env) as box: box.run(steps)`."""
 
-    def __init__(self, env: Mapping[str, str], stop: threading.Event | None = None, grace: float = 5.0) -> None:
+    def __init__(self, env: Mapping[str, str], stop: threading.Event | None = None, grace: float = 10.0) -> None:
         self.stop = stop or threading.Event()
         self.grace = grace  # seconds between the interrupt at a limit and the kill
         self.private = Path(tempfile.mkdtemp(prefix="mnist-grade-"))  # never named after the student

@@ -6,7 +6,7 @@ to `evidence/design_runs.jsonl` (a design that appears in two studies is run onc
 turns the runs into one figure per design (validation accuracy, mean of the last 3 epochs, per seed) and
 `compare` says whether a difference is larger than the seed-to-seed noise. Only runs whose recorded recipe
 and parameter count match the design count. Introduced in notebook 02; notebook 07's ablation is the study
-"ablation", notebook 08's levers for a rung the study "ladder".
+"ablation".
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch import nn
 
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import LAST_EPOCHS, Augment, Recipe
-from mnist_lesson.models import FINAL_RECIPE, LADDER_RECIPE, MODELS, RECIPES, STEP_RECIPE, AssignmentNet, StepNet
+from mnist_lesson.models import FINAL_RECIPE, MODELS, RECIPES, STEP_RECIPE, AssignmentNet, StepNet
 from mnist_lesson.results import evidence
 from mnist_lesson.train import History
 
@@ -76,12 +76,6 @@ STUDIES: dict[str, tuple[Design, ...]] = {
         ("batchnorm", "04: + batch normalization"), ("dropout", "05: + dropout"),
         ("gap", "06: + global average pooling")]),
     "ablation": ABLATION,
-    # Notebook 08: levers for a rung that holds on the seeds it was chosen on but not beyond.
-    "ladder": (
-        registered("under5k", "under5k (the rung's recipe)"),
-        Design("under5k-ema", "+ weights averaged (EMA 0.999) and evaluated", MODELS["under5k"],
-               LADDER_RECIPE.with_overrides(ema=0.999)),
-    ),
 }
 
 
