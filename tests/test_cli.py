@@ -118,7 +118,8 @@ def test_ctrl_c_keeps_the_finished_epochs(tmp_path: Path, mnist_root: Path) -> N
     """Interrupted in its second epoch, `train` says where the partial run is and saves the first epoch."""
     env = dict(os.environ, MNIST_LESSON_SMOKE="0")
     command = [sys.executable, "-c", (
-        "import sys; from mnist_lesson import cli, runs\n"
+        "import signal, sys; from mnist_lesson import cli, runs\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts with it ignored\n"
         "from mnist_lesson.config import Limits\n"
         "runs.limits_for = lambda smoke: Limits(train_batches=40, eval_batches=1)  # short epochs for the test\n"
         "sys.exit(cli.main(sys.argv[1:]))"),
