@@ -34,6 +34,7 @@ MAX_OPEN_FILES = 4096  # RLIMIT_NOFILE
 MAX_PROCESSES = 512  # RLIMIT_NPROC: processes and threads of the user (never binds root)
 KERNEL_START_SECONDS = 120.0  # a kernel that is not ready by then is the grader's problem, not the student's
 POLL_SECONDS = 0.1
+PROBE_SECONDS = 1.0  # after an interrupt with no reply, when to ask whether the kernel is idle
 
 _CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
 _PR_SET_PDEATHSIG, _PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 1, 36, 37
@@ -405,7 +406,7 @@ class Sandbox:
         request = session.send(shell, "execute_request", {
             "code": source, "silent": False, "store_history": True, "user_expressions": {}, "allow_stdin": False,
             "stop_on_error": False})
-        msg_id, interrupted = request["header"]["msg_id"], None
+        msg_id, interrupted, probe = request["header"]["msg_id"], None, None
         while True:
             if self.stop.is_set():
                 self._signal(signal.SIGKILL)
@@ -414,6 +415,10 @@ class Sandbox:
             if interrupted is None and now >= deadline:
                 self._signal(signal.SIGINT)  # KeyboardInterrupt in the cell
                 interrupted = now
+            elif interrupted is not None and probe is None and now >= interrupted + PROBE_SECONDS:
+                # An interrupt that lands as the cell ends can cost the kernel its reply (ipykernel raises it in its
+                # own code). A kernel that answers this request is idle: the cell is over, only its reply is lost.
+                probe = session.send(shell, "kernel_info_request", {})["header"]["msg_id"]
             elif interrupted is not None and now >= interrupted + self.grace:
                 self._signal(signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
@@ -424,6 +429,9 @@ class Sandbox:
             if shell.poll(int(POLL_SECONDS * 1000)):
                 try:
                     _, msg = session.recv(shell)
+                    if probe is not None and msg["msg_type"] == "kernel_info_reply" and \
+                            msg["parent_header"].get("msg_id") == probe:
+                        return None, "time"  # stopped at the limit; the kernel lives on for the next step
                     if msg["msg_type"] != "execute_reply" or msg["parent_header"].get("msg_id") != msg_id:
                         continue  # a late answer to a kernel_info_request sent while the kernel started
                     content = msg["content"]
