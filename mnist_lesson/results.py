@@ -169,7 +169,7 @@ class SeedsSummary:
         out = [f"seed {seed}: last {LAST_EPOCHS} epochs {', '.join(f'{a:.2f}' for a in accs)} -> "
                f"{'all' if claim_holds(accs) else 'NOT all'} >= {TARGET:.2f}%" for seed, accs in self.last_accs.items()]
         out.append(f"{self.model}: {self.params:,} parameters, {self.passing} of {len(self.last_accs)} seeds hold, "
-                   f"worst epoch {self.worst:.2f}: the claim {self.verdict}")
+                   f"worst epoch {self.worst:.2f}; the claim: {self.verdict}")
         return out
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from mnist_lesson import results
 from mnist_lesson.budget import count_parameters
-from mnist_lesson.config import BUDGET, LAST_EPOCHS, MAX_EPOCHS, TARGET, Augment, Recipe
+from mnist_lesson.config import BUDGET, CLAIM_SEEDS, LAST_EPOCHS, MAX_EPOCHS, TARGET, Augment, Recipe
 from mnist_lesson.models import LADDER, MODELS, get_model, get_recipe
 from mnist_lesson.results import (
     claim_holds,
@@ -93,13 +93,13 @@ def test_recorded_recipes_survive_a_new_defaulted_field() -> None:
 
 def test_final_model_claim_holds_on_every_seed() -> None:
     """The course's claim, from the committed multi-seed file: < 20,000 parameters, at most 15 epochs, and
-    every one of the last 3 epochs of each of seeds 0-4 at >= 99.40% test accuracy."""
+    every one of the last 3 epochs of every recorded seed (0-4 at least, of the claim's 0-9) at >= 99.40%."""
     data = json.loads((RESULTS / "seeds_final.json").read_text())
     summary = summarize_seeds(RESULTS / "seeds_final.json")
     assert summary.holds, "\n".join(summary.lines())
     assert data["params"] == count_parameters(get_model("final")) < BUDGET
     assert get_recipe("final").matches(data["recipe"])
-    assert sorted(run["seed"] for run in data["runs"]) == [0, 1, 2, 3, 4]
+    assert set(range(5)) <= {run["seed"] for run in data["runs"]} <= set(CLAIM_SEEDS)
     assert all(len(run["test_acc"]) == get_recipe("final").epochs <= MAX_EPOCHS for run in data["runs"])
 
 
@@ -142,12 +142,13 @@ def test_trials_table_and_steady_epoch_time(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(LADDER))
-def test_every_ladder_rung_was_verified_on_five_seeds(name: str) -> None:
-    """Each rung's committed five-seed file matches the registered model and recipe (at most 15 epochs)."""
+def test_every_ladder_rung_was_verified_on_at_least_five_seeds(name: str) -> None:
+    """Each rung's committed seeds file (seeds 0-4 at least, only the claim's 0-9) matches the registered model
+    and recipe (at most 15 epochs)."""
     data = json.loads((RESULTS / f"seeds_{name}.json").read_text())
     assert data["params"] == count_parameters(get_model(name)) < LADDER[name]
     assert get_recipe(name).matches(data["recipe"]) and get_recipe(name).epochs <= MAX_EPOCHS
-    assert sorted(run["seed"] for run in data["runs"]) == [0, 1, 2, 3, 4]
+    assert set(range(5)) <= {run["seed"] for run in data["runs"]} <= set(CLAIM_SEEDS)
     assert all(len(run["test_acc"]) == get_recipe(name).epochs for run in data["runs"])
 
 
