@@ -21,6 +21,7 @@ from mnist_lesson.config import LAST_EPOCHS, TARGET
 from mnist_lesson.results import step_summaries, summarize_seeds
 from mnist_lesson.studies import describe_noise, measure_noise, summarize_study
 from mnist_lesson.tables import (
+    grading_table,
     ladder_table,
     notebook_times_table,
     seed_runs_table,
@@ -107,6 +108,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "ladder-findings": ladder_findings,
     "amp-verdict": amp_verdict,
     "notebook-times": lambda: notebook_times_table(RESULTS / "notebook_times.json"),
+    "grading-times": lambda: grading_table(RESULTS / "grading_times.json"),
 }
 
 

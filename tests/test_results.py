@@ -21,7 +21,7 @@ from mnist_lesson.results import (
     summarize,
     summarize_seeds,
 )
-from mnist_lesson.tables import seeds_table, trials_table
+from mnist_lesson.tables import grading_table, seeds_table, trials_table
 from mnist_lesson.train import History
 
 RESULTS = evidence()
@@ -172,3 +172,16 @@ def test_ladder_plot_draws_every_rung_and_anchor(tmp_path: Path) -> None:
     assert len(legend) == len(PUBLIC_ANCHORS) + 1 and "3,762, best epoch" in legend[-2]
     bars = [collection for collection in ax.collections if hasattr(collection, "get_segments")]
     assert [tuple(bar.get_segments()[0][:, 1]) for bar in bars] == [(99.41, 99.45), (99.3, 99.3)]
+
+
+def test_grading_table_gives_per_submission_times_speed_up_and_points(tmp_path: Path) -> None:
+    path = tmp_path / "grading_times.json"
+    assert "Not measured yet" in grading_table(path)
+    runs = [{"jobs": jobs, "submissions": 4, "wall_s": wall, "s_per_submission": wall / 4, "graded": 4, "failed": 0,
+             "mean_points": {"correct": 29.0, "partly": 28.0, "raises": 29.0, "invalid": 0.0}, "max_points": 29}
+            for jobs, wall in ((1, 60.0), (2, 40.0))]
+    path.write_text(json.dumps({"cpu (test)": runs}))
+    table = grading_table(path)
+    assert "| cpu (test) | 1 | 4 | 1.0 | 15.00 | 1.00x | 29.0, 28.0, 29.0, 0.0 of 29 |" in table
+    assert "| cpu (test) | 2 | 4 | 0.7 | 10.00 | 1.50x |" in table
+    assert "2 kernel(s) at once grade a class of 300 in about 50 minutes on cpu (test)" in table
