@@ -14,6 +14,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 
 from common import REPO, RESULTS
 
@@ -87,9 +88,10 @@ def ladder_verdict() -> str:
 def amp_verdict() -> str:
     """Return the README's sentence on whether bfloat16 autocast keeps the final model's claim."""
     amp, plain = summarize_seeds(RESULTS / "seeds_final_amp.json"), summarize_seeds(RESULTS / "seeds_final.json")
+    plain = replace(plain, last_accs={s: a for s, a in plain.last_accs.items() if s in amp.last_accs})  # same seeds
     return (f"With autocast the final model holds on {amp.passing} of {len(amp.last_accs)} seeds (worst epoch "
             f"{amp.worst:.2f}), against {plain.passing} of {len(plain.last_accs)} (worst {plain.worst:.2f}) "
-            "without it.")
+            "on the same seeds without it.")
 
 
 def _seeds_files() -> list:
