@@ -152,3 +152,18 @@ def grading_table(path: Path) -> str:
                 f"their answers got {fastest['mean_points'].get('raises', 0):.1f} points on average, the invalid "
                 f"files {fastest['mean_points'].get('invalid', 0):.1f}.")
     return "\n".join(rows)
+
+
+def seed_groups_table(summaries: Sequence[SeedsSummary], groups: dict[str, Sequence[int]]) -> str:
+    """Return a markdown table: per model and group of seeds, how many of the group's recorded seeds hold the
+    claim and the worst of their last epochs (for example the seeds a rung was chosen on against later ones)."""
+    rows = ["| model | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]
+    for s in summaries:
+        cells = []
+        for seeds in groups.values():
+            ran = [seed for seed in seeds if seed in s.last_accs]
+            held = sum(claim_holds(s.last_accs[seed]) for seed in ran)
+            worst = min((min(s.last_accs[seed]) for seed in ran), default=None)
+            cells.append(f"{held} of {len(ran)} hold, worst {worst:.2f}" if ran else "not run yet")
+        rows.append(f"| {s.model} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)

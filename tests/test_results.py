@@ -21,7 +21,7 @@ from mnist_lesson.results import (
     summarize,
     summarize_seeds,
 )
-from mnist_lesson.tables import grading_table, seeds_table, trials_table
+from mnist_lesson.tables import grading_table, seed_groups_table, seeds_table, trials_table
 from mnist_lesson.train import History
 
 RESULTS = evidence()
@@ -185,3 +185,11 @@ def test_grading_table_gives_per_submission_times_speed_up_and_points(tmp_path: 
     assert "| cpu (test) | 1 | 4 | 1.0 | 15.00 | 1.00x | 29.0, 28.0, 29.0, 0.0 of 29 |" in table
     assert "| cpu (test) | 2 | 4 | 0.7 | 10.00 | 1.50x |" in table
     assert "2 kernel(s) at once grade a class of 300 in about 50 minutes on cpu (test)" in table
+
+
+def test_seed_groups_table_splits_the_claim_by_seeds(tmp_path: Path) -> None:
+    lasts = {0: [99.45, 99.41, 99.50], 1: [99.50, 99.46, 99.60], 5: [99.38, 99.44, 99.47]}
+    summary = summarize_seeds(write_seeds_file(tmp_path / "seeds_tiny.json", lasts))
+    table = seed_groups_table([summary], {"seeds 0-4": range(5), "seeds 5-9": range(5, 10), "seeds 10-": [10]})
+    assert "| model | seeds 0-4 | seeds 5-9 | seeds 10- |" in table
+    assert "| tiny | 2 of 2 hold, worst 99.41 | 0 of 1 hold, worst 99.38 | not run yet |" in table
