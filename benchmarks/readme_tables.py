@@ -25,6 +25,7 @@ from mnist_lesson.tables import (
     grading_table,
     ladder_table,
     notebook_times_table,
+    seed_groups_table,
     seed_runs_table,
     speed_table,
     steps_table,
@@ -107,6 +108,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "seeds-results": lambda: seed_runs_table(_seeds_files()),
     "ladder-results": lambda: ladder_table(_seeds_files()),
     "ladder-verdict": ladder_verdict,
+    "seed-groups": lambda: seed_groups_table(
+        sorted((summarize_seeds(path) for path in _seeds_files()), key=lambda s: -s.params),
+        {"seeds 0-4 (run first)": range(5), "seeds 5-9 (run afterwards)": range(5, 10)}),
     "ladder-findings": ladder_findings,
     "amp-verdict": amp_verdict,
     "notebook-times": lambda: notebook_times_table(RESULTS / "notebook_times.json"),
