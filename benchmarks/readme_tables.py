@@ -29,6 +29,7 @@ from mnist_lesson.tables import (
     seed_runs_table,
     speed_table,
     steps_table,
+    study_chain,
     study_table,
 )
 
@@ -103,6 +104,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "noise": lambda: describe_noise(measure_noise()),
     "steps-study": lambda: study_table(summarize_study("steps")),
     "ablation-study": lambda: study_table(summarize_study("ablation")),
+    "ladder-study": lambda: study_table(summarize_study("ladder")) + "\n\n" + study_chain(summarize_study("ladder")),
     "speed-benchmark": lambda: speed_table(sorted(RESULTS.glob("speed_*.json"))),
     "steps-results": lambda: steps_table(step_summaries(RESULTS / "steps")),
     "seeds-results": lambda: seed_runs_table(_seeds_files()),

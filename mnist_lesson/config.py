@@ -144,6 +144,12 @@ class Recipe:
         """Return the recipe as plain JSON-ready data (for run records)."""
         return asdict(self)
 
+    def changes_from(self, other: Recipe) -> list[str]:
+        """Return the fields where this recipe differs from `other`, as "name=value" (e.g. "augment.shift=0.05")."""
+        mine, theirs = _flat(self.to_dict()), _flat(other.to_dict())
+        return [f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+                for name, value in mine.items() if value != theirs[name]]
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
         """Rebuild a recorded recipe: fields it lacks take today's defaults, older spellings are read too."""
@@ -168,6 +174,13 @@ class Recipe:
             return Recipe.from_dict(recorded) == self
         except (ValueError, TypeError):
             return False
+
+
+def _flat(recipe: dict[str, Any]) -> dict[str, Any]:
+    """Return a recipe's fields with the augmentation's spelled out as augment.NAME."""
+    recipe = dict(recipe)
+    recipe.update({f"augment.{name}": value for name, value in recipe.pop("augment").items()})
+    return recipe
 
 
 # Fields that recipes recorded before they moved to Speed, and the old names of the augmentation settings.

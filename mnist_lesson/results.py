@@ -18,8 +18,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from mnist_lesson.config import CLAIM_SEEDS, LAST_EPOCHS, MAX_EPOCHS, TARGET
+from mnist_lesson.config import CLAIM_SEEDS, LAST_EPOCHS, MAX_EPOCHS, TARGET, Recipe
 from mnist_lesson.data import atomic_write
+from mnist_lesson.models import RECIPES
 from mnist_lesson.train import History
 
 
@@ -173,10 +174,20 @@ class SeedsSummary:
         return out
 
 
+def recipe_changes(model: str, recorded: Mapping[str, Any]) -> list[str]:
+    """Return the fields where a recorded recipe differs from the model's registered one, e.g. ["ema=0"] (none
+    for a model that is not registered)."""
+    return Recipe.from_dict(recorded).changes_from(RECIPES[model]) if model in RECIPES else []
+
+
 def seeds_label(data: Mapping[str, Any]) -> str:
-    """Return a multi-seed file's model name plus the speed levers its runs used, e.g. "final (amp)"."""
-    levers = [lever for lever in ("amp", "compile") if any(run.get("speed", {}).get(lever) for run in data["runs"])]
-    return f"{data['model']} ({', '.join(levers)})" if levers else data["model"]
+    """Return a multi-seed file's model name plus what sets it apart: the speed levers its runs used and any
+    difference from the model's registered recipe, e.g. "final (amp)" or "under5k (recipe with ema=0)"."""
+    parts = [lever for lever in ("amp", "compile") if any(run.get("speed", {}).get(lever) for run in data["runs"])]
+    changes = recipe_changes(data["model"], data["recipe"])
+    if changes:
+        parts.append(f"recipe with {', '.join(changes)}")
+    return f"{data['model']} ({', '.join(parts)})" if parts else data["model"]
 
 
 def summarize_seeds(path: Path) -> SeedsSummary:

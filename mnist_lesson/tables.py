@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mnist_lesson.config import LAST_EPOCHS, TARGET
 from mnist_lesson.results import RunSummary, SeedsSummary, claim_holds, seeds_label, steady_seconds, summarize_seeds
-from mnist_lesson.studies import DesignSummary
+from mnist_lesson.studies import DesignSummary, best_design, compare
 
 
 def _accs(values: Sequence[float]) -> str:
@@ -127,6 +127,21 @@ def study_table(summaries: Sequence[DesignSummary]) -> str:
                     f"| {test:.2f} |")
         previous = s
     return "\n".join(rows)
+
+
+def study_chain(summaries: Sequence[DesignSummary]) -> str:
+    """Return markdown bullets for a study whose designs each add one change: every design against the one above
+    it, then the study's choice (the highest validation mean) against the first design."""
+    lines = [f"- {after.label}: {compare(before, after)}" for before, after in zip(summaries, summaries[1:],
+                                                                                   strict=False)]
+    chosen = best_design(summaries)
+    if chosen is summaries[0]:
+        lines.append(f"- the choice, by the highest validation mean: the first design, **{chosen.label}**; no change "
+                     "beat it")
+    else:
+        lines.append(f"- the choice, by the highest validation mean: **{chosen.label}**; against the first design: "
+                     f"{compare(summaries[0], chosen)}")
+    return "\n".join(lines)
 
 
 def grading_table(path: Path) -> str:

@@ -110,6 +110,19 @@ def write_seeds_file(path: Path, lasts: dict[int, list[float]], params: int = 4_
     return path
 
 
+def test_a_seeds_file_of_another_recipe_is_labelled_with_what_differs(tmp_path: Path) -> None:
+    """A registered model's file recorded with an earlier recipe says how that recipe differs from today's."""
+    path = write_seeds_file(tmp_path / "seeds_old.json", {0: [99.45, 99.41, 99.50]})
+    data = json.loads(path.read_text())
+    data["model"] = "final"
+    data["recipe"] = get_recipe("final").with_overrides(batch_size=128, augment=Augment(rotation=7.0)).to_dict()
+    path.write_text(json.dumps(data))
+    assert summarize_seeds(path).model == "final (recipe with batch_size=128, augment.shift=0)"
+    data["recipe"] = get_recipe("final").to_dict()
+    path.write_text(json.dumps(data))
+    assert summarize_seeds(path).model == "final"
+
+
 def test_seeds_summary_judges_every_last_epoch_of_every_seed(tmp_path: Path) -> None:
     path = write_seeds_file(tmp_path / "seeds_tiny.json", {0: [99.45, 99.41, 99.50], 1: [99.50, 99.39, 99.60]})
     summary = summarize_seeds(path)

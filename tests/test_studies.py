@@ -8,12 +8,13 @@ from torch import nn
 
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import LAST_EPOCHS, Augment
-from mnist_lesson.models import AssignmentNet, StepNet, get_model, get_recipe
+from mnist_lesson.models import LADDER_RECIPE, AssignmentNet, StepNet, get_model, get_recipe
 from mnist_lesson.results import evidence
 from mnist_lesson.studies import (
     STANDARD_THREADS,
     STUDIES,
     DesignSummary,
+    best_design,
     compare,
     measure_noise,
     read_runs,
@@ -52,6 +53,24 @@ def test_the_ablation_changes_one_thing_at_a_time_and_ends_at_the_final_model() 
     assert get_design("ablation", "head32").build().head[1][0].out_channels == 32
     assert isinstance(get_design("ablation", "assignment-final-recipe").build(), AssignmentNet)
     assert isinstance(get_design("ablation", "gap-final-recipe").build(), StepNet)
+
+
+def test_the_ladder_levers_change_one_thing_at_a_time_from_the_ladder_recipe() -> None:
+    levers = STUDIES["ladder"]
+    assert levers[0].recipe == LADDER_RECIPE
+    assert all(str(d.build()) == str(get_model("under5k")) for d in levers)
+    assert [b.recipe.changes_from(a.recipe) for a, b in zip(levers, levers[1:], strict=False)] == [
+        ["ema=0.999"], ["augment.shift=0.05"]]
+
+
+def test_under5k_is_registered_with_the_recipe_its_lever_study_chose() -> None:
+    chosen = best_design(summarize_study("ladder"))
+    assert get_recipe("under5k") == get_design("ladder", chosen.key).recipe, f"the study chose {chosen.label}"
+
+
+def test_a_study_without_runs_has_no_choice() -> None:
+    with pytest.raises(ValueError, match="no design has recorded runs"):
+        best_design([])
 
 
 def test_the_comparison_rule_needs_ranges_that_do_not_overlap() -> None:
