@@ -274,7 +274,12 @@ def under8k_net() -> nn.Module:
     return LadderNet((8, 16, 32), (32, 40, 48))
 
 
-@register("under5k", LADDER_RECIPE)
+# under5k fell short on 2 of 10 seeds with the ladder recipe. Its recipe is the one the lever study chose on the
+# validation split (the study "ladder" in mnist_lesson.studies, notebook 08), then verified on seeds 0-9.
+UNDER5K_RECIPE = LADDER_RECIPE.with_overrides(ema=0.999, augment=Augment(rotation=7.0, shift=0.05))
+
+
+@register("under5k", UNDER5K_RECIPE)
 def under5k_net() -> nn.Module:
     """Return the ladder's second rung (4,832 parameters): depthwise-separable convolutions after the first."""
     return LadderNet((8, 16, 24), (24, 32, 40))
