@@ -96,6 +96,12 @@ def amp_verdict() -> str:
             "on the same seeds without it.")
 
 
+def _lever_study(study: str) -> str:
+    """Return a lever study's table and its chain of comparisons, ending with its choice."""
+    summaries = summarize_study(study)
+    return study_table(summaries) + "\n\n" + study_chain(summaries)
+
+
 def _seeds_files() -> list:
     return sorted(RESULTS.glob("seeds_*.json"))
 
@@ -104,7 +110,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "noise": lambda: describe_noise(measure_noise()),
     "steps-study": lambda: study_table(summarize_study("steps")),
     "ablation-study": lambda: study_table(summarize_study("ablation")),
-    "ladder-study": lambda: study_table(summarize_study("ladder")) + "\n\n" + study_chain(summarize_study("ladder")),
+    "ladder-study": lambda: _lever_study("ladder"),
+    "ladder8k-study": lambda: _lever_study("ladder8k"),
     "speed-benchmark": lambda: speed_table(sorted(RESULTS.glob("speed_*.json"))),
     "steps-results": lambda: steps_table(step_summaries(RESULTS / "steps")),
     "seeds-results": lambda: seed_runs_table(_seeds_files()),

@@ -11,6 +11,7 @@ from mnist_lesson.config import LAST_EPOCHS, Augment
 from mnist_lesson.models import LADDER_RECIPE, AssignmentNet, StepNet, get_model, get_recipe
 from mnist_lesson.results import evidence
 from mnist_lesson.studies import (
+    LEVER_STUDIES,
     STANDARD_THREADS,
     STUDIES,
     DesignSummary,
@@ -55,17 +56,26 @@ def test_the_ablation_changes_one_thing_at_a_time_and_ends_at_the_final_model() 
     assert isinstance(get_design("ablation", "gap-final-recipe").build(), StepNet)
 
 
-def test_the_ladder_levers_change_one_thing_at_a_time_from_the_ladder_recipe() -> None:
-    levers = STUDIES["ladder"]
+@pytest.mark.parametrize(("rung", "changes"), [
+    ("under5k", [["ema=0.999"], ["augment.shift=0.05"]]),
+    ("under8k", [["ema=0.999"]]),
+])
+def test_the_ladder_levers_change_one_thing_at_a_time_from_the_ladder_recipe(rung: str,
+                                                                            changes: list[list[str]]) -> None:
+    levers = STUDIES[LEVER_STUDIES[rung]]
     assert levers[0].recipe == LADDER_RECIPE
-    assert all(str(d.build()) == str(get_model("under5k")) for d in levers)
-    assert [b.recipe.changes_from(a.recipe) for a, b in zip(levers, levers[1:], strict=False)] == [
-        ["ema=0.999"], ["augment.shift=0.05"]]
+    assert all(str(d.build()) == str(get_model(rung)) for d in levers)
+    assert [b.recipe.changes_from(a.recipe) for a, b in zip(levers, levers[1:], strict=False)] == changes
 
 
-def test_under5k_is_registered_with_the_recipe_its_lever_study_chose() -> None:
-    chosen = best_design(summarize_study("ladder"))
-    assert get_recipe("under5k") == get_design("ladder", chosen.key).recipe, f"the study chose {chosen.label}"
+@pytest.mark.parametrize("rung", sorted(LEVER_STUDIES))
+def test_a_rung_is_registered_with_the_recipe_its_lever_study_chose(rung: str) -> None:
+    study = LEVER_STUDIES[rung]
+    summaries = summarize_study(study)
+    assert [s.key for s in summaries] == [d.key for d in STUDIES[study]], f"run benchmarks/design.py {study}"
+    assert min(s.seeds for s in summaries) >= 3, f"run benchmarks/design.py {study}"
+    chosen = best_design(summaries)
+    assert get_recipe(rung) == get_design(study, chosen.key).recipe, f"the study chose {chosen.label}"
 
 
 def test_a_study_without_runs_has_no_choice() -> None:
