@@ -268,7 +268,12 @@ class LadderNet(nn.Module):
 LADDER_RECIPE = FINAL_RECIPE.with_overrides(batch_size=32)
 
 
-@register("under8k", LADDER_RECIPE)
+# under8k fell short on 1 of 10 seeds with the ladder recipe (a one-epoch dip). Its recipe is the one its lever
+# study chose on the validation split (the study "ladder8k" in mnist_lesson.studies, notebook 08).
+UNDER8K_RECIPE = LADDER_RECIPE.with_overrides(ema=0.999)
+
+
+@register("under8k", UNDER8K_RECIPE)
 def under8k_net() -> nn.Module:
     """Return the ladder's first rung (6,920 parameters): depthwise-separable convolutions after the first."""
     return LadderNet((8, 16, 32), (32, 40, 48))

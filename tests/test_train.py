@@ -14,7 +14,7 @@ from torch import nn
 
 from mnist_lesson.config import SMOKE_ENV, SMOKE_LIMITS, Limits, Recipe, Speed, UsageError, smoke_mode
 from mnist_lesson.loaders import InMemoryLoader, load_split
-from mnist_lesson.models import get_model, get_recipe
+from mnist_lesson.models import LADDER_RECIPE, get_model, get_recipe
 from mnist_lesson.runs import (
     FirstBatches,
     TrainingStopped,
@@ -308,7 +308,7 @@ def test_a_weight_average_is_evaluated_and_returned_when_the_recipe_keeps_one(mn
     its weights. A recipe without it (the default) is unchanged, so recorded recipes still match."""
     from mnist_lesson.runs import WeightAverage
 
-    plain_recipe = get_recipe("under8k")  # the ladder recipe, without an average
+    plain_recipe = LADDER_RECIPE  # without an average
     assert plain_recipe.ema == 0
     recipe = plain_recipe.with_overrides(ema=0.9)
     trained, history = train_recipe("under5k", recipe, device=CPU, root=mnist_root, progress=False, smoke=True)
