@@ -78,7 +78,7 @@ def ladder_verdict() -> str:
 
     def holds(name: str) -> str:
         r = rungs[name]
-        return f"holds on {r.passing} of {len(r.last_accs)} seeds (worst epoch {r.worst:.2f})"
+        return f"holds on {r.passing} of {len(r.last_accs)} seeds (worst epoch {r.worst:.2f}; the claim: {r.verdict})"
 
     s = rungs["under3762"]
     return (f"Where it lands: `under8k` ({rungs['under8k'].params:,} parameters) {holds('under8k')} and `under5k` "
@@ -110,7 +110,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "noise": lambda: describe_noise(measure_noise()),
     "steps-study": lambda: study_table(summarize_study("steps")),
     "ablation-study": lambda: study_table(summarize_study("ablation")),
-    "ladder-study": lambda: _lever_study("ladder"),
+    "ladder5k-study": lambda: _lever_study("ladder5k"),
     "ladder8k-study": lambda: _lever_study("ladder8k"),
     "speed-benchmark": lambda: speed_table(sorted(RESULTS.glob("speed_*.json"))),
     "steps-results": lambda: steps_table(step_summaries(RESULTS / "steps")),

@@ -280,7 +280,7 @@ def under8k_net() -> nn.Module:
 
 
 # under5k fell short on 2 of 10 seeds with the ladder recipe. Its recipe is the one the lever study chose on the
-# validation split (the study "ladder" in mnist_lesson.studies, notebook 08), then verified on seeds 0-9.
+# validation split (the study "ladder5k" in mnist_lesson.studies, notebook 08), then verified on seeds 0-9.
 UNDER5K_RECIPE = LADDER_RECIPE.with_overrides(ema=0.999, augment=Augment(rotation=7.0, shift=0.05))
 
 

@@ -138,6 +138,8 @@ def study_chain(summaries: Sequence[DesignSummary]) -> str:
     if chosen is summaries[0]:
         lines.append(f"- the choice, by the highest validation mean: the first design, **{chosen.label}**; no change "
                      "beat it")
+    elif chosen is summaries[1]:  # its comparison with the first design is the line above
+        lines.append(f"- the choice, by the highest validation mean: **{chosen.label}** (compared above)")
     else:
         lines.append(f"- the choice, by the highest validation mean: **{chosen.label}**; against the first design: "
                      f"{compare(summaries[0], chosen)}")

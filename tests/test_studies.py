@@ -8,7 +8,7 @@ from torch import nn
 
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import LAST_EPOCHS, Augment
-from mnist_lesson.models import LADDER_RECIPE, AssignmentNet, StepNet, get_model, get_recipe
+from mnist_lesson.models import LADDER, LADDER_RECIPE, AssignmentNet, StepNet, get_model, get_recipe
 from mnist_lesson.results import evidence
 from mnist_lesson.studies import (
     LEVER_STUDIES,
@@ -17,17 +17,15 @@ from mnist_lesson.studies import (
     DesignSummary,
     best_design,
     compare,
+    get_design,
     measure_noise,
     read_runs,
     run_figure,
     summarize_study,
 )
+from mnist_lesson.tables import study_chain
 
 DESIGNS = {design.key: design for designs in STUDIES.values() for design in designs}
-
-
-def get_design(study: str, key: str):  # type: ignore[no-untyped-def]
-    return next(design for design in STUDIES[study] if design.key == key)
 
 
 def test_a_key_names_one_design_in_every_study() -> None:
@@ -56,16 +54,21 @@ def test_the_ablation_changes_one_thing_at_a_time_and_ends_at_the_final_model() 
     assert isinstance(get_design("ablation", "gap-final-recipe").build(), StepNet)
 
 
-@pytest.mark.parametrize(("rung", "changes"), [
-    ("under5k", [["ema=0.999"], ["augment.shift=0.05"]]),
-    ("under8k", [["ema=0.999"]]),
-])
-def test_the_ladder_levers_change_one_thing_at_a_time_from_the_ladder_recipe(rung: str,
-                                                                            changes: list[list[str]]) -> None:
+# What each lever study changes, design after design; a rung without a study keeps the ladder recipe.
+LEVER_CHANGES = {"under5k": [["ema=0.999"], ["augment.shift=0.05"]], "under8k": [["ema=0.999"]]}
+
+
+def test_every_rung_has_its_levers_listed_or_keeps_the_ladder_recipe() -> None:
+    assert set(LEVER_CHANGES) == set(LEVER_STUDIES) <= set(LADDER)
+    assert all(get_recipe(rung) == LADDER_RECIPE for rung in set(LADDER) - set(LEVER_STUDIES))
+
+
+@pytest.mark.parametrize("rung", sorted(LEVER_CHANGES))
+def test_the_ladder_levers_change_one_thing_at_a_time_from_the_ladder_recipe(rung: str) -> None:
     levers = STUDIES[LEVER_STUDIES[rung]]
     assert levers[0].recipe == LADDER_RECIPE
     assert all(str(d.build()) == str(get_model(rung)) for d in levers)
-    assert [b.recipe.changes_from(a.recipe) for a, b in zip(levers, levers[1:], strict=False)] == changes
+    assert [b.recipe.changes_from(a.recipe) for a, b in zip(levers, levers[1:], strict=False)] == LEVER_CHANGES[rung]
 
 
 @pytest.mark.parametrize("rung", sorted(LEVER_STUDIES))
@@ -81,6 +84,27 @@ def test_a_rung_is_registered_with_the_recipe_its_lever_study_chose(rung: str) -
 def test_a_study_without_runs_has_no_choice() -> None:
     with pytest.raises(ValueError, match="no design has recorded runs"):
         best_design([])
+
+
+def test_an_unknown_study_or_design_is_named_with_what_there_is() -> None:
+    with pytest.raises(KeyError, match="unknown study 'ladder'.*'ladder5k'"):
+        get_design("ladder", "under5k")
+    with pytest.raises(KeyError, match="no design 'under5k'.*'under8k-ema'"):
+        get_design("ladder8k", "under5k")
+
+
+def _summary(key: str, figures: tuple[float, ...]) -> DesignSummary:
+    return DesignSummary(key, f"+ {key}", 1, dict(enumerate(figures)), dict(enumerate(figures)))
+
+
+def test_a_study_chain_compares_each_step_then_states_the_choice_once() -> None:
+    base, small, big = _summary("a", (99.0, 99.1, 99.2)), _summary("b", (99.05, 99.1, 99.3)), _summary("c", (99.5,) * 3)
+    lines = study_chain([base, small, big]).splitlines()
+    assert [line.split(":")[0] for line in lines] == ["- + b", "- + c", "- the choice, by the highest validation mean"]
+    assert "**+ c**; against the first design: +0.40 points" in lines[-1] and "larger than" in lines[-1]
+    two = study_chain([base, small]).splitlines()  # the choice is the second design: compared once, not twice
+    assert len(two) == 2 and two[1] == "- the choice, by the highest validation mean: **+ b** (compared above)"
+    assert study_chain([big, base]).splitlines()[-1].endswith("the first design, **+ c**; no change beat it")
 
 
 def test_the_comparison_rule_needs_ranges_that_do_not_overlap() -> None:
