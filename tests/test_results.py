@@ -165,14 +165,9 @@ def test_every_ladder_rung_was_verified_on_at_least_five_seeds(name: str) -> Non
     assert all(len(run["test_acc"]) == get_recipe(name).epochs for run in data["runs"])
 
 
-# A required rung that falls short stays visible here as a strict xfail naming the failure (strict: the day its
-# recorded seeds all hold, this test says so) until a new recipe or rung replaces it.
-UNDER8K_SHORT = ("under8k falls short on seed 7: epoch 13 at 99.38 (epochs 14 and 15 at 99.50); the README and "
-                 "notebook 08 say so")
-
-
-@pytest.mark.parametrize("name", [pytest.param("under8k", marks=pytest.mark.xfail(strict=True, reason=UNDER8K_SHORT)),
-                                  "under5k"])
+# A required rung that falls short would stay visible here as a strict xfail naming the failure (strict: the day
+# its recorded seeds all hold, this test says so) until a new recipe or rung replaces it. None does now.
+@pytest.mark.parametrize("name", ["under8k", "under5k"])
 def test_required_ladder_rungs_hold_the_claim_on_every_seed(name: str) -> None:
     summary = summarize_seeds(RESULTS / f"seeds_{name}.json")
     assert summary.claimed, "\n".join([summary.verdict, *summary.lines()])
