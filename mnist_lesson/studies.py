@@ -73,11 +73,12 @@ ABLATION: tuple[Design, ...] = (
 # change at a time on top of the last; each rung is registered with the recipe its study chooses (`best_design`).
 # The first lever of both: evaluate an exponential moving average of the weights instead of the weights.
 _EMA = LADDER_RECIPE.with_overrides(ema=0.999)
+_EMA_LABEL = "+ evaluate a moving average of the weights (decay 0.999)"
 
 # under5k fell short on 2 of 10 seeds: the average, then lighter shifts for a model this small.
 LADDER5K_LEVERS: tuple[Design, ...] = (
     Design("under5k", "under5k with the ladder recipe (batch 32)", MODELS["under5k"], LADDER_RECIPE),
-    Design("under5k-ema", "+ evaluate a moving average of the weights (decay 0.999)", MODELS["under5k"], _EMA),
+    Design("under5k-ema", _EMA_LABEL, MODELS["under5k"], _EMA),
     Design("under5k-ema-shift5", "+ shifts of up to 5% instead of 10%", MODELS["under5k"],
            _EMA.with_overrides(augment=Augment(rotation=7.0, shift=0.05))),
 )
@@ -86,7 +87,7 @@ LADDER5K_LEVERS: tuple[Design, ...] = (
 # alone; the lighter shifts were a lever for the smaller model and are not tried here.
 LADDER8K_LEVERS: tuple[Design, ...] = (
     Design("under8k", "under8k with the ladder recipe (batch 32)", MODELS["under8k"], LADDER_RECIPE),
-    Design("under8k-ema", "+ evaluate a moving average of the weights (decay 0.999)", MODELS["under8k"], _EMA),
+    Design("under8k-ema", _EMA_LABEL, MODELS["under8k"], _EMA),
 )
 
 STUDIES: dict[str, tuple[Design, ...]] = {
