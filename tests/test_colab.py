@@ -1,19 +1,18 @@
 """The Colab student: a notebook opened alone, with nothing but the package built from the repository.
 
-A wheel is built from the checkout and installed (not editable) into a temporary folder; every notebook
-is copied alone into an empty folder and run in smoke mode by a kernel that sees that folder and the
-third-party packages, but not the checkout (`python -S`: the editable install's hook is not loaded). The
-setup cell is also run as Colab would run it, with a stand-in `google.colab` and an unreachable address.
+conftest.py builds a wheel from the checkout, installs it (not editable) into a temporary folder and defines
+a kernel that sees that folder and the third-party packages, but not the checkout (`python -S`: the editable
+install's hook is not loaded). nbval runs every notebook of the course in that kernel, once, so each one is
+checked as Colab would run it. These tests check the wheel itself and the setup cell as Colab would run it,
+with a stand-in `google.colab` and an unreachable address.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -21,86 +20,40 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from conftest import SITE_PACKAGES, StudentInstall
 from mnist_lesson.colab import COLAB_METADATA, setup_source
+from mnist_lesson.course import LESSONS, notebook_paths
 
 REPO = Path(__file__).resolve().parents[1]
-NOTEBOOKS = sorted(p for p in (REPO / "notebooks").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
-SITE_PACKAGES = sysconfig.get_paths()["purelib"]
+NOTEBOOKS = [path for path in notebook_paths(REPO) if path.is_relative_to(REPO / "notebooks")]
 
 
-@pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Build the wheel, install it into a fresh target folder and define a kernel that sees only that copy."""
-    base = tmp_path_factory.mktemp("colab")
-    wheels, target, source = base / "wheels", base / "site", base / "source"
-    # Build from a copy of what the package is made of, so the build leaves nothing in the checkout.
-    source.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, source / name)
-    shutil.copytree(REPO / "mnist_lesson", source / "mnist_lesson",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.lock"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
-                    "-w", str(wheels), str(source)], check=True, timeout=600)
-    (wheel,) = wheels.glob("mnist_lesson-*.whl")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(target),
-                    str(wheel)], check=True, timeout=600)
-    kernels = base / "jupyter" / "kernels" / "colab-student"
-    kernels.mkdir(parents=True)
-    python_path = os.pathsep.join([str(target), SITE_PACKAGES])
-    (kernels / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-S", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "a Colab student", "language": "python", "env": {"PYTHONPATH": python_path}}))
-    return {"wheel": wheel, "target": target, "jupyter": base / "jupyter", "python_path": Path(python_path)}
-
-
-def isolated_python(installed: dict[str, Path], code: str) -> str:
-    env = {**os.environ, "PYTHONPATH": str(installed["python_path"])}
+def isolated_python(installed: StudentInstall, code: str) -> str:
+    env = {**os.environ, "PYTHONPATH": installed.python_path}
     done = subprocess.run([sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, timeout=300,
-                          cwd=installed["target"].parent)
+                          cwd=installed.target.parent)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
-def run_alone(notebook: nbformat.NotebookNode, folder: Path, installed: dict[str, Path],
-              monkeypatch: pytest.MonkeyPatch) -> nbformat.NotebookNode:
-    """Execute `notebook` in `folder` with the student's kernel, in smoke mode, keeping going after errors."""
-    monkeypatch.setenv("JUPYTER_PATH", str(installed["jupyter"]))
-    client = NotebookClient(notebook, kernel_name="colab-student", timeout=900, allow_errors=True,
-                            resources={"metadata": {"path": str(folder)}})
-    client.execute(env={**os.environ, "MNIST_LESSON_SMOKE": "1"})
-    return notebook
-
-
-def test_the_wheel_carries_the_package_and_its_evidence(installed: dict[str, Path]) -> None:
-    names = zipfile.ZipFile(installed["wheel"]).namelist()
-    evidence = sorted(n for n in names if n.startswith("mnist_lesson/evidence/"))
+def test_the_wheel_carries_the_package_and_its_evidence(installed: StudentInstall) -> None:
+    names = zipfile.ZipFile(installed.wheel).namelist()
+    evidence = sorted(n for n in names if n.startswith("mnist_lesson/evidence/") and not n.endswith(".py"))
     shipped = sorted(str(p.relative_to(REPO)) for p in (REPO / "mnist_lesson" / "evidence").rglob("*.json*"))
     assert evidence == shipped and evidence
     location = isolated_python(installed, "import mnist_lesson; print(mnist_lesson.__file__)")
-    assert Path(location).is_relative_to(installed["target"]), location
-    found = isolated_python(installed, "from mnist_lesson.results import evidence, in_checkout; "
+    assert Path(location).is_relative_to(installed.target), location
+    found = isolated_python(installed, "from mnist_lesson.records import evidence, in_checkout; "
                                        "print(evidence('seeds_final.json').is_file(), in_checkout())")
     assert found == "True False"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[str(p.relative_to(REPO / "notebooks")) for p in NOTEBOOKS])
-def test_every_notebook_runs_alone_and_shows_its_evidence(path: Path, installed: dict[str, Path], tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    alone = tmp_path / path.name
-    shutil.copy(path, alone)
-    nb = run_alone(nbformat.read(alone, as_version=4), tmp_path, installed, monkeypatch)
-    errors = [(cell.source.splitlines()[0], output.get("ename"), output.get("evalue"))
-              for cell in nb.cells if cell.cell_type == "code" for output in cell.get("outputs", [])
-              if output.output_type == "error" and "raises-exception" not in cell.metadata.get("tags", [])]
-    assert errors == []
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == [path.name], \
-        "a notebook run outside a checkout must not write files next to itself"
-    text = "".join(str(output.get("text", "")) + str(output.get("data", {}).get("text/plain", ""))
-                   + str(output.get("data", {}).get("text/markdown", ""))  # sentences rendered from results
-                   for cell in nb.cells if cell.cell_type == "code" for output in cell.get("outputs", []))
-    if path.name.startswith(("07_", "08_")):
-        assert "recorded on" in text.lower(), "the recorded multi-seed evidence must be shown, labelled as recorded"
-    assert "no results file" not in text
+def test_the_evidence_each_notebook_shows_ships_with_the_wheel(installed: StudentInstall) -> None:
+    wanted = sorted({name for lesson in LESSONS for name in lesson.evidence})
+    found = isolated_python(installed, "import json; from mnist_lesson.records import evidence; "
+                                       f"print(json.dumps([evidence(n).is_file() for n in {wanted!r}]))")
+    missing = [name for name, ok in zip(wanted, json.loads(found)) if not ok]
+    assert not missing, f"mnist_lesson/course.py lists evidence the installed package lacks: {missing}"
 
 
 def test_every_notebook_asks_colab_for_a_gpu() -> None:
@@ -109,7 +62,7 @@ def test_every_notebook_asks_colab_for_a_gpu() -> None:
         assert {key: metadata.get(key) for key in COLAB_METADATA} == COLAB_METADATA, path.name
 
 
-def test_a_failed_install_stops_run_all_with_one_clear_error(installed: dict[str, Path], tmp_path: Path,
+def test_a_failed_install_stops_run_all_with_one_clear_error(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """With a stand-in google.colab and an address nothing answers at, the setup cell raises one error that
     names the address and what to do, and the cells after it never run."""
