@@ -1,6 +1,6 @@
 """Run notebooks top to bottom in one fresh kernel each, store their outputs, and record how long each took.
 
-    python benchmarks/run_notebooks.py [NOTEBOOK ...]   # default: every notebook in notebooks/, in order
+    python benchmarks/run_notebooks.py [NOTEBOOK ...]   # default: the course, in mnist_lesson/course.py's order
 
 This is how the committed outputs are produced: a full run (MNIST_LESSON_SMOKE must be unset), in the
 notebooks' own folder, on whatever device `pick_device()` finds. Wall times go to
@@ -19,6 +19,7 @@ import nbformat
 from common import REPO, RESULTS, refuse_smoke_mode
 from nbclient import NotebookClient
 
+from mnist_lesson.course import notebook_paths
 from mnist_lesson.results import write_json
 from mnist_lesson.runs import describe_device, pick_device, set_cpu_threads
 
@@ -42,7 +43,7 @@ def main() -> int:
     parser.add_argument("notebooks", nargs="*", type=Path)
     args = parser.parse_args()
     refuse_smoke_mode("stored outputs must come from full runs")
-    paths = args.notebooks or sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    paths = args.notebooks or notebook_paths(REPO)  # the lessons in order, then both exercise notebooks
     set_cpu_threads()  # the rule each notebook's kernel applies, so the label names the threads it computes with
     device = describe_device(pick_device())
     for path in paths:
