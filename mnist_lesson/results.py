@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mnist_lesson.config import CLAIM_SEEDS, LAST_EPOCHS, MAX_EPOCHS, TARGET, Recipe
-from mnist_lesson.data import atomic_write
+from mnist_lesson.files import atomic_write
 from mnist_lesson.models import RECIPES
 from mnist_lesson.train import History
 

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from mnist_lesson.files import atomic_write
+
 Batch = tuple[torch.Tensor, torch.Tensor]
 LOG_EVERY = 25  # batches between progress-bar refreshes (each one waits for the device)
 MAX_TRACE = 600  # at most this many recorded steps of the schedule are kept in a saved History
@@ -203,8 +205,6 @@ class History:
 
     def save(self, path: Path) -> None:
         """Write the history as strict JSON to `path` (no NaN or Infinity, which JSON does not have), atomically."""
-        from mnist_lesson.data import atomic_write
-
         atomic_write(Path(path), (json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n").encode())
 
     @classmethod
