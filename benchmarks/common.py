@@ -1,23 +1,25 @@
-"""What every benchmark script shares: where results go, refusing smoke mode, and naming the device.
+"""What every benchmark script shares: refusing smoke mode, naming the device, and a lock for shared files.
 
 Benchmarks measure full runs; a smoke run (MNIST_LESSON_SMOKE=1) would time a few batches and record
-nonsense, so every script refuses it before doing anything.
+nonsense, so every script refuses it before doing anything. Where each result goes, and how it is read and
+written, is `mnist_lesson.records`' business.
 """
 
 from __future__ import annotations
 
+import fcntl
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from mnist_lesson.config import smoke_mode
-from mnist_lesson.results import evidence
 from mnist_lesson.runs import describe_device, set_cpu_threads
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = evidence()  # the package's evidence folder: benchmarks write the files the notebooks read
 
 
 def refuse_smoke_mode(what: str) -> None:
@@ -36,3 +38,12 @@ def set_threads(threads: int | None) -> None:
 def where(device: torch.device) -> str:
     """Return the device, the machine's architecture and the torch version, as results files name them."""
     return f"{describe_device(device)}, {platform.machine()}, torch {torch.__version__}"
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on PATH.lock while the block runs, so two processes never write `path` at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

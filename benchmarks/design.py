@@ -14,17 +14,15 @@ the validation figures; the test figures are recorded beside them and never used
 from __future__ import annotations
 
 import argparse
-import fcntl
-import json
 import sys
 import time
 
 import torch
-from common import refuse_smoke_mode, set_threads
+from common import locked, refuse_smoke_mode, set_threads
 
-from mnist_lesson.results import evidence
+from mnist_lesson.records import DESIGN_RUNS, append_design_run, evidence, read_design_runs, run_matches
 from mnist_lesson.runs import pick_device, train_recipe
-from mnist_lesson.studies import RUNS_FILE, STUDIES, matches, read_runs
+from mnist_lesson.studies import STUDIES
 
 
 def main() -> int:
@@ -44,10 +42,10 @@ def main() -> int:
         return 2
     set_threads(args.threads)
     device = pick_device(args.device)
-    path = evidence(RUNS_FILE)
+    path = evidence(DESIGN_RUNS)
     for design in designs:
         for seed in args.seeds:
-            done = {(r["key"], r["seed"], r["threads"]) for r in read_runs() if matches(design, r)}
+            done = {(r["key"], r["seed"], r["threads"]) for r in read_design_runs(path) if run_matches(design, r)}
             if (design.key, seed, torch.get_num_threads()) in done:
                 print(f"{design.key} seed {seed}: already recorded, skipped", flush=True)
                 continue
@@ -60,10 +58,8 @@ def main() -> int:
                       "threads": torch.get_num_threads(), "params": meta["params"], "recipe": meta["recipe"],
                       "device": meta["device"], "code": meta["code"], "date": meta["date"],
                       "seconds": time.perf_counter() - start, "epochs": history.epochs}
-            with open(path.with_suffix(".lock"), "w") as lock:  # two processes may append to one study
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                with open(path, "a") as out:
-                    out.write(json.dumps(record, allow_nan=False) + "\n")
+            with locked(path):  # two processes may append to one study
+                append_design_run(record, path)
             last = history.epochs[-1]
             print(f"  {record['seconds']:.0f} s: val {last['val_acc']:.2f}%, test {last['test_acc']:.2f}% "
                   "(last epoch)", flush=True)

@@ -15,7 +15,6 @@ MNIST_LESSON_SMOKE is set. Results go to mnist_lesson/evidence/grading_times.jso
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -25,12 +24,12 @@ from pathlib import Path
 
 import nbformat
 import torch
-from common import REPO, RESULTS, set_threads, where
+from common import REPO, locked, set_threads, where
 
 from mnist_lesson import grader
-from mnist_lesson.results import write_json
+from mnist_lesson.records import GRADING_TIMES, evidence, record_grading_times
 
-TIMES = RESULTS / "grading_times.json"
+TIMES = evidence(GRADING_TIMES)
 KINDS = ("correct", "partly", "raises", "invalid")
 
 
@@ -111,9 +110,8 @@ def main() -> int:
         print(f"| {run['jobs']} | {run['submissions']} | {run['wall_s']:.1f} | {run['s_per_submission']:.2f} | "
               f"{base / run['wall_s']:.2f}x | {means} |")
     print(f"\non {machine}")
-    results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results[machine] = runs
-    write_json(args.out, results)
+    with locked(args.out):
+        record_grading_times(machine, runs, args.out)
     print(f"saved in {args.out}")
     return 0 if all(run["failed"] == 0 for run in runs) else 1
 

@@ -1,26 +1,44 @@
-"""Render the README's figures (tables and the sentences that quote them) from the committed results files.
+"""Render the figures of the README and docs/ (tables and the sentences that quote them) from the recorded evidence.
 
-    python benchmarks/readme_tables.py          # rewrite every marked block in README.md
-    python benchmarks/readme_tables.py --check  # exit 1 if README.md disagrees with the results
+    python benchmarks/readme_tables.py          # rewrite every marked block in README.md and docs/*.md
+    python benchmarks/readme_tables.py --check  # exit 1 if a page disagrees with the evidence
 
-Each block sits between `<!-- NAME -->` and `<!-- /NAME -->`. A test runs the check, so a figure in the
-README can never drift from the file that measured it.
+Each block sits between `<!-- NAME -->` and `<!-- /NAME -->` in README.md or in a page of docs/; a block may sit
+in several pages, and every block below must sit in at least one (else it is an error that names it). A test runs
+the check, so a figure on a page can never drift from the file that measured it. Every figure is computed from
+`mnist_lesson.records`; none is typed here.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 
-from common import REPO, RESULTS
+from common import REPO
 
 from mnist_lesson.config import LAST_EPOCHS, TARGET
-from mnist_lesson.results import step_summaries, summarize_seeds
-from mnist_lesson.studies import describe_noise, measure_noise, summarize_study
+from mnist_lesson.course import notebooks_table
+from mnist_lesson.records import (
+    Trial,
+    describe_noise,
+    find_trial,
+    measure_noise,
+    read_grading_times,
+    read_notebook_times,
+    read_seeds,
+    read_speed,
+    read_trials,
+    seeds_path,
+    seeds_paths,
+    speed_paths,
+    step_summaries,
+    summarize_seeds,
+    summarize_study,
+)
 from mnist_lesson.tables import (
     grading_table,
     ladder_table,
@@ -34,47 +52,52 @@ from mnist_lesson.tables import (
 )
 
 README = REPO / "README.md"
+DOCS = REPO / "docs"
 
 
-def _trial_last(name: str, seed: int) -> list[float]:
-    """One recorded trial's last test accuracies."""
-    for line in (RESULTS / "legacy" / "ladder_trials_test_judged.jsonl").read_text().splitlines():
-        trial = json.loads(line)
-        if trial["name"] == name and trial["seed"] == seed:
-            return trial["test_acc"][-LAST_EPOCHS:]
-    raise KeyError(f"no trial {name!r} with seed {seed} in legacy/ladder_trials_test_judged.jsonl")
+def ladder_findings(trials: Sequence[Trial]) -> str:
+    """Return the bullet list of what the single-seed ladder trials showed, every figure from the trials file.
 
+    The trials record their parameters, seeds and changes against the recipe of the time, not that recipe itself:
+    the batch (64) and shift (10%) they changed from are stated in words.
+    """
+    def trial(name: str, seed: int = 0) -> Trial:
+        return find_trial(trials, name, seed)
 
-def _span(name: str, seed: int) -> str:
-    last = _trial_last(name, seed)
-    return f"{min(last):.2f}-{max(last):.2f}"
+    def span(name: str, seed: int = 0) -> str:
+        last = trial(name, seed).last_accs
+        return f"{min(last):.2f}-{max(last):.2f}"
 
+    def dips(name: str) -> str:
+        """How many seeds of a trial dipped below the target in their last epochs, "N of M"."""
+        runs = [t for t in trials if t.name == name]
+        return f"{sum(min(t.last_accs) < TARGET for t in runs)} of {len(runs)}"
 
-def ladder_findings() -> str:
-    """Return the README's bullet list of what the single-seed ladder trials showed, figures from the trials file."""
-    dips = {name: sum(min(_trial_last(name, seed)) < TARGET for seed in seeds)
-            for name, seeds in {"u8k-b64": (0, 1), "u8k-b32": (0, 1, 2)}.items()}
+    plain8k, plain5k, separable, pyramid = trial("u8k-b64"), trial("b32"), trial("sepB-b32"), trial("p1")
+    batch = trial("u8k-b32").recipe_changes["batch_size"]
+    shift = trial("sepB-b32-t05").recipe_changes["translate"]
     return "\n".join([
-        f"- plain 3x3 convolutions stop short: the 7,540-parameter plain net (the final model's convolutions, "
-        f"narrower) dipped below {TARGET:.2f} in its last epochs on {dips['u8k-b64']} of 2 seeds at batch 64 and "
-        f"{dips['u8k-b32']} of 3 at batch 32; a 4,912-parameter plain net reached {_span('b32', 0)};",
-        f"- separable convolutions buy width for the same budget: 4,832 parameters reached {_span('sepB-b32', 0)} "
-        f"where the plain 4,912 reached {_span('b32', 0)} under the same recipe;",
-        f"- batch 32 instead of 64 lifted the 7,540-parameter net's weak seed 1 from {_span('u8k-b64', 1)} to "
-        f"{_span('u8k-b32', 1)}, but did not make that net safe (seed 2 then dipped to "
-        f"{min(_trial_last('u8k-b32', 2)):.2f});",
-        f"- halving the random shift (10% to 5% of the side) gave {_span('sepB-b32-t05', 0)} against "
-        f"{_span('sepB-b32', 0)}: no gain that one seed can show;",
-        f"- a padded \"pyramid\" that pools twice and starts 4 channels wide (4,772 parameters) reached "
-        f"{_span('p1', 0)}: the resolution and width of the first layers matter more than their parameter count.",
+        f"- plain 3x3 convolutions stop short: the {plain8k.params:,}-parameter plain net (the final model's "
+        f"convolutions, narrower) dipped below {TARGET:.2f} in its last epochs on {dips('u8k-b64')} seeds at batch 64 "
+        f"and {dips('u8k-b32')} at batch {batch}; a {plain5k.params:,}-parameter plain net reached {span('b32')};",
+        f"- separable convolutions buy width for the same budget: {separable.params:,} parameters reached "
+        f"{span('sepB-b32')} where the plain {plain5k.params:,} reached {span('b32')} under the same recipe;",
+        f"- batch {batch} instead of 64 lifted the {plain8k.params:,}-parameter net's weak seed 1 from "
+        f"{span('u8k-b64', 1)} to {span('u8k-b32', 1)}, but did not make that net safe (seed 2 then dipped to "
+        f"{min(trial('u8k-b32', 2).last_accs):.2f});",
+        f"- halving the random shift (10% to {shift:.0%} of the side) gave {span('sepB-b32-t05')} against "
+        f"{span('sepB-b32')}: no gain that one seed can show;",
+        f"- a padded \"pyramid\" that pools twice and starts {pyramid.spec['stages'][0][0]} channels wide "
+        f"({pyramid.params:,} parameters) reached {span('p1')}: the resolution and width of the first layers matter "
+        "more than their parameter count.",
     ])
 
 
 def ladder_verdict() -> str:
-    """Return the README's paragraph on where each rung of the ladder lands, from the multi-seed files."""
-    rungs = {name: summarize_seeds(RESULTS / f"seeds_{name}.json") for name in ("under8k", "under5k", "under3762")}
-    stretch = json.loads((RESULTS / "seeds_under3762.json").read_text())
-    final_short = sum(run["test_acc"][-1] < TARGET for run in stretch["runs"])
+    """Return the paragraph on where each rung of the ladder lands, from the multi-seed files."""
+    rungs = {name: summarize_seeds(seeds_path(name)) for name in ("under8k", "under5k", "under3762")}
+    stretch = read_seeds(seeds_path("under3762"))
+    final_short = sum(run.test_acc[-1] < TARGET for run in stretch.runs)
 
     def holds(name: str) -> str:
         r = rungs[name]
@@ -84,12 +107,12 @@ def ladder_verdict() -> str:
     return (f"Where it lands: `under8k` ({rungs['under8k'].params:,} parameters) {holds('under8k')} and `under5k` "
             f"({rungs['under5k'].params:,}) {holds('under5k')}. The stretch, `under3762` ({s.params:,} parameters), "
             f"{holds('under3762')}: on the seeds that fall short at least one of the last {LAST_EPOCHS} epochs is "
-            f"below {TARGET:.2f}, and on {final_short} of {len(stretch['runs'])} seeds the final epoch is too.")
+            f"below {TARGET:.2f}, and on {final_short} of {len(stretch.runs)} seeds the final epoch is too.")
 
 
 def amp_verdict() -> str:
-    """Return the README's sentence on whether bfloat16 autocast keeps the final model's claim."""
-    amp, plain = summarize_seeds(RESULTS / "seeds_final_amp.json"), summarize_seeds(RESULTS / "seeds_final.json")
+    """Return the sentence on whether bfloat16 autocast keeps the final model's claim."""
+    amp, plain = summarize_seeds(seeds_path("final_amp")), summarize_seeds(seeds_path("final"))
     plain = replace(plain, last_accs={s: a for s, a in plain.last_accs.items() if s in amp.last_accs})  # same seeds
     return (f"With autocast the final model holds on {amp.passing} of {len(amp.last_accs)} seeds (worst epoch "
             f"{amp.worst:.2f}), against {plain.passing} of {len(plain.last_accs)} (worst {plain.worst:.2f}) "
@@ -102,54 +125,79 @@ def _lever_study(study: str) -> str:
     return study_table(summaries) + "\n\n" + study_chain(summaries)
 
 
-def _seeds_files() -> list:
-    return sorted(RESULTS.glob("seeds_*.json"))
+def _seeds_summaries() -> list:
+    return [summarize_seeds(path) for path in seeds_paths()]
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
+    "notebooks": notebooks_table,
     "noise": lambda: describe_noise(measure_noise()),
     "steps-study": lambda: study_table(summarize_study("steps")),
     "ablation-study": lambda: study_table(summarize_study("ablation")),
     "ladder5k-study": lambda: _lever_study("ladder5k"),
     "ladder8k-study": lambda: _lever_study("ladder8k"),
-    "speed-benchmark": lambda: speed_table(sorted(RESULTS.glob("speed_*.json"))),
-    "steps-results": lambda: steps_table(step_summaries(RESULTS / "steps")),
-    "seeds-results": lambda: seed_runs_table(_seeds_files()),
-    "ladder-results": lambda: ladder_table(_seeds_files()),
+    "speed-benchmark": lambda: speed_table([read_speed(path) for path in speed_paths()]),
+    "steps-results": lambda: steps_table(step_summaries()),
+    "seeds-results": lambda: seed_runs_table([read_seeds(path) for path in seeds_paths()]),
+    "ladder-results": lambda: ladder_table(_seeds_summaries()),
     "ladder-verdict": ladder_verdict,
     "seed-groups": lambda: seed_groups_table(
-        sorted((summarize_seeds(path) for path in _seeds_files()), key=lambda s: -s.params),
+        sorted(_seeds_summaries(), key=lambda s: -s.params),
         {"seeds 0-4 (run first)": range(5), "seeds 5-9 (run afterwards)": range(5, 10)}),
-    "ladder-findings": ladder_findings,
+    "ladder-findings": lambda: ladder_findings(read_trials()),
     "amp-verdict": amp_verdict,
-    "notebook-times": lambda: notebook_times_table(RESULTS / "notebook_times.json"),
-    "grading-times": lambda: grading_table(RESULTS / "grading_times.json"),
+    "notebook-times": lambda: notebook_times_table(read_notebook_times()),
+    "grading-times": lambda: grading_table(read_grading_times()),
 }
 
 
-def render(readme: str) -> str:
-    """Return `readme` with every marked block replaced by its freshly rendered version."""
-    for marker, block in BLOCKS.items():
-        pattern = re.compile(rf"(<!-- {marker} -->\n).*?(<!-- /{marker} -->)", re.DOTALL)
-        if not pattern.search(readme):
-            raise ValueError(f"README.md has no <!-- {marker} --> ... <!-- /{marker} --> block")
-        readme = pattern.sub(lambda m, b=block: m.group(1) + b() + "\n" + m.group(2), readme)
-    return readme
+def _block(marker: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- {re.escape(marker)} -->\n).*?(<!-- /{re.escape(marker)} -->)", re.DOTALL)
+
+
+def pages() -> list[Path]:
+    """Return the pages that hold blocks: README.md, and every page of docs/ with at least one marked block."""
+    docs = sorted(DOCS.glob("*.md")) if DOCS.is_dir() else []
+    return [README, *(page for page in docs if any(_block(marker).search(page.read_text()) for marker in BLOCKS))]
+
+
+def render(texts: Mapping[str, str], blocks: Mapping[str, Callable[[], str]] = BLOCKS) -> dict[str, str]:
+    """Return every page's text (page name -> text) with each marked block replaced by its fresh rendering.
+
+    Each block is rendered once, whichever pages hold it. Raises ValueError naming the blocks no page holds.
+    """
+    fresh = dict(texts)
+    missing = []
+    for marker, block in blocks.items():
+        pattern = _block(marker)
+        holders = [name for name, text in fresh.items() if pattern.search(text)]
+        if not holders:
+            missing.append(marker)
+            continue
+        rendered = block()
+        for name in holders:
+            fresh[name] = pattern.sub(lambda m, text=rendered: m.group(1) + text + "\n" + m.group(2), fresh[name])
+    if missing:
+        raise ValueError(f"no page among {sorted(texts)} has a block for {missing} (<!-- NAME --> ... <!-- /NAME -->)")
+    return fresh
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only check; exit 1 when README.md is stale")
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 when a page is stale")
     args = parser.parse_args()
-    current = README.read_text()
+    paths = {str(path.relative_to(REPO)): path for path in pages()}
+    current = {name: path.read_text() for name, path in paths.items()}
     fresh = render(current)
+    stale = [name for name in paths if fresh[name] != current[name]]
     if args.check:
-        if fresh != current:
-            print("README.md is out of date with mnist_lesson/evidence: run `python benchmarks/readme_tables.py`",
-                  file=sys.stderr)
+        if stale:
+            print(f"{', '.join(stale)} out of date with mnist_lesson/evidence: run "
+                  "`python benchmarks/readme_tables.py`", file=sys.stderr)
             return 1
         return 0
-    README.write_text(fresh)
+    for name in stale:
+        paths[name].write_text(fresh[name])
     return 0
 
 

@@ -10,20 +10,19 @@ mnist_lesson/evidence/notebook_times.json, keyed by device, for the README's tab
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import nbformat
-from common import REPO, RESULTS, refuse_smoke_mode
+from common import REPO, locked, refuse_smoke_mode
 from nbclient import NotebookClient
 
 from mnist_lesson.course import notebook_paths
-from mnist_lesson.results import write_json
+from mnist_lesson.records import NOTEBOOK_TIMES, evidence, record_notebook_time
 from mnist_lesson.runs import describe_device, pick_device, set_cpu_threads
 
-TIMES = RESULTS / "notebook_times.json"
+TIMES = evidence(NOTEBOOK_TIMES)
 
 
 def run_notebook(path: Path, timeout: int = 3600) -> float:
@@ -52,9 +51,8 @@ def main() -> int:
         # Relative to notebooks/ (student/x.ipynb apart from x.ipynb), else to the repository (instructor/x.ipynb).
         home = REPO / "notebooks" if path.resolve().is_relative_to(REPO / "notebooks") else REPO
         key = str(path.resolve().relative_to(home))
-        times = json.loads(TIMES.read_text()) if TIMES.exists() else {}  # read late: two runners may share it
-        times.setdefault(device, {})[key] = round(seconds, 1)
-        write_json(TIMES, times)
+        with locked(TIMES):  # two runners may share the file
+            record_notebook_time(device, key, seconds, TIMES)
         print(f"  {seconds / 60:.1f} min", flush=True)
     return 0
 

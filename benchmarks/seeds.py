@@ -13,8 +13,6 @@ test accuracy. No epoch is picked by its test accuracy; the recipe was chosen on
 from __future__ import annotations
 
 import argparse
-import fcntl
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -22,22 +20,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from common import RESULTS, refuse_smoke_mode, set_threads
+from common import locked, refuse_smoke_mode, set_threads
 
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import Recipe, Speed
 from mnist_lesson.models import get_model, get_recipe
-from mnist_lesson.results import summarize_seeds, write_json
+from mnist_lesson.records import read_json, seeds_path, summarize_seeds, write_json
 from mnist_lesson.runs import pick_device, train_recipe
 
 
 @contextmanager
 def results_file(path: Path, fresh: dict) -> Iterator[dict]:
     """Yield the results file's contents (or `fresh`) while holding a lock, so parallel runs never clash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield json.loads(path.read_text()) if path.exists() else dict(fresh)
+    with locked(path):
+        yield read_json(path, dict(fresh))
 
 
 def main() -> int:
@@ -54,7 +50,7 @@ def main() -> int:
     refuse_smoke_mode("smoke runs are never recorded")
     speed = Speed(amp=args.amp, compile=args.compile)
     suffix = "".join(f"_{lever}" for lever in ("amp", "compile") if getattr(speed, lever))
-    out = args.out or RESULTS / f"seeds_{args.model}{suffix}.json"
+    out = args.out or seeds_path(f"{args.model}{suffix}")
     recipe = get_recipe(args.model).with_overrides(epochs=args.epochs)
     set_threads(args.threads)
     device = pick_device(args.device)

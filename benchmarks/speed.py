@@ -23,17 +23,16 @@ ratio of that steady epoch to the baseline's. `--epochs 15` times the full recip
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-from common import RESULTS, refuse_smoke_mode, set_threads, where
+from common import refuse_smoke_mode, set_threads, where
 
 from mnist_lesson.config import Speed
 from mnist_lesson.models import get_recipe
-from mnist_lesson.results import steady_seconds, write_json
+from mnist_lesson.records import evidence, steady_seconds, summarize_speed, write_json
 from mnist_lesson.runs import describe_device, native_bf16, pick_device, train_recipe
 
 BASELINE = "assignment's DataLoader"
@@ -105,17 +104,14 @@ def main() -> int:
             print(f"  [{describe_device(device)}] {name:28s} run {run['wall']:6.1f} s  first epoch "
                   f"{run['epochs'][0]:5.1f} s  later epochs {steady_seconds(run['epochs']):5.1f} s  "
                   f"test acc {run['test_acc']:.2f}%", flush=True)
-    base = statistics.median(steady_seconds(run["epochs"]) for run in runs[BASELINE])
+    data = {"device": where(device), "model": model, "mode": args.mode, "epochs": epochs, "baseline": BASELINE,
+            "configs": {name: configs[name].to_dict() for name in names}, "runs": runs}
     print(f"\n{model} on {where(device)}: medians of {args.repeats} run(s) of {epochs} epoch(s)")
     print(f"  {'configuration':28s} {'run s':>7s} {'epoch s':>8s} {'vs baseline':>12s}")
-    for name, values in runs.items():
-        epoch = statistics.median(steady_seconds(run["epochs"]) for run in values)
-        wall = statistics.median(run["wall"] for run in values)
-        print(f"  {name:28s} {wall:7.1f} {epoch:8.2f} {epoch / base:11.2f}x")
-    out = args.json or RESULTS / f"speed_{args.mode}_{device.type}.json"
-    write_json(out, {"device": where(device), "model": model, "mode": args.mode, "epochs": epochs,
-                     "baseline": BASELINE, "configs": {name: configs[name].to_dict() for name in names},
-                     "runs": runs})
+    for row in summarize_speed(data).rows:
+        print(f"  {row.config:28s} {row.wall:7.1f} {row.epoch:8.2f} {row.vs_baseline:11.2f}x")
+    out = args.json or evidence(f"speed_{args.mode}_{device.type}.json")
+    write_json(out, data)
     print(f"written to {out}")
     return 0
 

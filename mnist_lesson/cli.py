@@ -96,7 +96,7 @@ def _data(args: argparse.Namespace) -> int:
 
 def verdict(name: str, params: int, test_accs: Sequence[float], epochs_planned: int, smoke: bool) -> str:
     """Return the closing line of `train`: whether the parameter budget and the accuracy target are met."""
-    from mnist_lesson.results import claim_holds
+    from mnist_lesson.records import claim_holds
 
     limit = LADDER.get(name, BUDGET)
     under = params < limit

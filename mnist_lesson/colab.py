@@ -12,7 +12,6 @@ A fork changes REPOSITORY (and BRANCH) below and runs `python -m mnist_lesson co
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -81,10 +80,9 @@ def device_source(notebook: str) -> str:
 
 def recorded_minutes(notebook: str) -> dict[str, float]:
     """Return the recorded full-run minutes of `notebook` per device (evidence/notebook_times.json)."""
-    from mnist_lesson.results import evidence
+    from mnist_lesson.records import read_notebook_times  # imports torch, which the Colab set-up cell must not need
 
-    path = evidence("notebook_times.json")
-    times = json.loads(path.read_text()) if path.exists() else {}
+    times = read_notebook_times()
     return {device: seconds[notebook] / 60 for device, seconds in times.items() if notebook in seconds}
 
 

@@ -17,9 +17,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 from torch import nn
 
+from mnist_lesson.budget import KINDS, count_parameters, layer_kind
 from mnist_lesson.config import BUDGET, TARGET
-from mnist_lesson.receptive_field import LayerTable
-from mnist_lesson.results import RunSummary, SeedsSummary
+from mnist_lesson.receptive_field import LayerTable, layer_table
+from mnist_lesson.records import RunSummary, SeedsSummary
 from mnist_lesson.studies import DesignSummary
 from mnist_lesson.train import History
 
@@ -86,9 +87,6 @@ def plot_schedule(history: History, title: str = "") -> Figure:
 
 def plot_params(model: nn.Module, limit: int = BUDGET, title: str = "") -> Figure:
     """Return one bar per layer with parameters, coloured by kind, against the parameter budget (notebooks 01, 08)."""
-    from mnist_lesson.budget import KINDS, count_parameters, layer_kind
-    from mnist_lesson.receptive_field import layer_table
-
     rows = [row for row in layer_table(model).rows if row.params]
     kinds = [layer_kind(dict(model.named_modules())[row.name.split(" (call")[0]]) for row in rows]
     palette = {kind: plt.get_cmap("tab10")(i) for i, kind in enumerate(dict.fromkeys([*KINDS, *kinds]))}
@@ -194,7 +192,7 @@ def plot_generalization_gap(histories: Mapping[str, History]) -> Figure:
 
 
 def _draw_anchors(ax: Axes, anchors: Sequence[Anchor]) -> None:
-    """Draw results from elsewhere (results.PUBLIC_ANCHORS) as grey markers, and the target as a red line."""
+    """Draw results from elsewhere (records.PUBLIC_ANCHORS) as grey markers, and the target as a red line."""
     markers = "xP*D^v"
     for (label, params, accuracy, _), marker in zip(anchors, markers, strict=False):
         ax.scatter(params, accuracy, marker=marker, color="grey", label=f"{label}: {params:,}, best epoch")
@@ -204,7 +202,7 @@ def _draw_anchors(ax: Axes, anchors: Sequence[Anchor]) -> None:
 def plot_params_vs_accuracy(summaries: Sequence[RunSummary], anchors: Sequence[Anchor] = ()) -> Figure:
     """Return a log-x scatter of parameters against the lowest of the last epochs' test accuracy (notebook 07).
 
-    `anchors` are results from elsewhere (results.PUBLIC_ANCHORS), drawn as grey markers.
+    `anchors` are results from elsewhere (records.PUBLIC_ANCHORS), drawn as grey markers.
     """
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, summary in enumerate(summaries):
@@ -228,7 +226,7 @@ def plot_ladder(rungs: Sequence[SeedsSummary], anchors: Sequence[Anchor] = ()) -
 
     Each rung is a vertical bar from its worst to its best seed (each seed's figure is the lowest of its
     last epochs) with a dot at the worst seed, the figure a claim rests on; `anchors` are best-epoch results
-    from elsewhere (results.PUBLIC_ANCHORS), drawn as grey markers.
+    from elsewhere (records.PUBLIC_ANCHORS), drawn as grey markers.
     """
     fig, ax = plt.subplots(figsize=(8, 5))
     for i, rung in enumerate(rungs):

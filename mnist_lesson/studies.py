@@ -2,30 +2,24 @@
 
 Every design choice of the course is judged here, on the last 10,000 training images, never on the test
 set: `benchmarks/design.py STUDY` trains each design of a study for several seeds and appends every run
-to `evidence/design_runs.jsonl` (a design that appears in two studies is run once); `summarize_study`
-turns the runs into one figure per design (validation accuracy, mean of the last 3 epochs, per seed) and
-`compare` says whether a difference is larger than the seed-to-seed noise. Only runs whose recorded recipe
-and parameter count match the design count. Introduced in notebook 02; notebook 07's ablation is the study
-"ablation".
+to `evidence/design_runs.jsonl` (a design that appears in two studies is run once);
+`records.summarize_study` turns the runs into one `DesignSummary` per design (validation accuracy, mean of
+the last 3 epochs, per seed) and `compare` says whether a difference is larger than the seed-to-seed
+noise. This module defines the studies and how they judge; `mnist_lesson.records` reads what was recorded.
+Introduced in notebook 02; notebook 07's ablation is the study "ablation".
 """
 
 from __future__ import annotations
 
-import json
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Any
 
 from torch import nn
 
-from mnist_lesson.budget import count_parameters
-from mnist_lesson.config import LAST_EPOCHS, Augment, Recipe
+from mnist_lesson.config import Augment, Recipe
 from mnist_lesson.models import FINAL_RECIPE, LADDER_RECIPE, MODELS, RECIPES, STEP_RECIPE, AssignmentNet, StepNet
-from mnist_lesson.results import evidence
-from mnist_lesson.train import History
 
 STANDARD_THREADS = 1  # studies run one torch thread per process (two processes share the 2-core CPU)
 
@@ -115,30 +109,10 @@ def get_design(study: str, key: str) -> Design:
     raise KeyError(f"study {study!r} has no design {key!r}; its designs are {[d.key for d in STUDIES[study]]}")
 
 
-RUNS_FILE = "design_runs.jsonl"
-
-
-def read_runs(path: Path | None = None) -> list[dict[str, Any]]:
-    """Return every recorded design run (an empty list when nothing is recorded)."""
-    path = evidence(RUNS_FILE) if path is None else path
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def matches(design: Design, run: dict[str, Any]) -> bool:
-    """Return whether a recorded run was made with this design: same recipe (tolerantly) and parameter count."""
-    return design.recipe.matches(run["recipe"]) and run["params"] == count_parameters(design.build())
-
-
-def run_figure(run: dict[str, Any], key: str = "val_acc") -> float:
-    """Return a run's figure: the mean of its last epochs' validation accuracy (less jumpy than one epoch)."""
-    return statistics.mean(epoch[key] for epoch in run["epochs"][-LAST_EPOCHS:])
-
-
 @dataclass(frozen=True)
 class DesignSummary:
-    """One design of a study in figures: per seed, the mean validation accuracy of its last epochs."""
+    """One design of a study in figures: per seed, the mean validation accuracy of its last epochs (built from the
+    recorded runs by `mnist_lesson.records.summarize_study`)."""
 
     key: str
     label: str
@@ -167,21 +141,6 @@ class DesignSummary:
         return len(self.figures)
 
 
-def summarize_study(study: str, runs: Sequence[dict[str, Any]] | None = None,
-                    threads: int = STANDARD_THREADS) -> list[DesignSummary]:
-    """Return one summary per design of `study` that has runs, in the study's order (runs at `threads` only)."""
-    runs = read_runs() if runs is None else runs
-    summaries = []
-    for design in STUDIES[study]:
-        mine = sorted((r for r in runs if r["key"] == design.key and r["threads"] == threads and matches(design, r)),
-                      key=lambda r: r["seed"])
-        if mine:
-            summaries.append(DesignSummary(design.key, design.label, mine[0]["params"],
-                                           {r["seed"]: run_figure(r) for r in mine},
-                                           {r["seed"]: run_figure(r, "test_acc") for r in mine}))
-    return summaries
-
-
 def compare(before: DesignSummary, after: DesignSummary) -> str:
     """Return how `after` differs from `before` on validation, and whether that is larger than the seed noise.
 
@@ -201,49 +160,3 @@ def best_design(summaries: Sequence[DesignSummary]) -> DesignSummary:
     if not summaries:
         raise ValueError("no design has recorded runs yet: run benchmarks/design.py STUDY first")
     return max(summaries, key=lambda s: s.mean)
-
-
-def design_histories(key: str, runs: Sequence[dict[str, Any]] | None = None,
-                     threads: int = STANDARD_THREADS) -> dict[int, History]:
-    """Return the recorded runs of one design as Histories, by seed."""
-    runs = read_runs() if runs is None else runs
-    return {run["seed"]: History([dict(e) for e in run["epochs"]], {"device": run["device"], "code": run["code"],
-                                                                    "date": run["date"], "params": run["params"]})
-            for run in sorted(runs, key=lambda r: r["seed"]) if run["key"] == key and run["threads"] == threads}
-
-
-@dataclass(frozen=True)
-class Noise:
-    """How much a design's figure moves when nothing about the design changes."""
-
-    seed_spread: float  # median over designs of (best seed - worst seed), validation, mean of the last epochs
-    seeds: int  # seeds per design (the most any design has)
-    designs: int  # designs with at least two seeds
-    thread_delta: float | None  # |1 thread - 2 threads| for the same design and seed, largest seen; None if unmeasured
-    thread_pairs: int  # how many same-seed pairs measured it
-
-
-def measure_noise(runs: Sequence[dict[str, Any]] | None = None) -> Noise:
-    """Return the run-to-run noise of the recorded design runs: across seeds, and across thread counts."""
-    runs = read_runs() if runs is None else runs
-    by_design: dict[str, dict[int, float]] = {}
-    for run in runs:
-        if run["threads"] == STANDARD_THREADS:
-            by_design.setdefault(run["key"], {})[run["seed"]] = run_figure(run)
-    spreads = [max(f.values()) - min(f.values()) for f in by_design.values() if len(f) >= 2]
-    deltas = [abs(run_figure(run) - by_design[run["key"]][run["seed"]]) for run in runs
-              if run["threads"] != STANDARD_THREADS and run["seed"] in by_design.get(run["key"], {})]
-    counts = [len(f) for f in by_design.values() if len(f) >= 2]
-    return Noise(statistics.median(spreads) if spreads else float("nan"), max(counts, default=0), len(counts),
-                 max(deltas) if deltas else None, len(deltas))
-
-
-def describe_noise(noise: Noise) -> str:
-    """Return the sentence that states the noise every comparison is measured against."""
-    text = (f"Run-to-run noise: with nothing changed but the seed, a design's validation figure (mean of its last "
-            f"{LAST_EPOCHS} epochs) moves by {noise.seed_spread:.2f} points between its best and worst of "
-            f"{noise.seeds} seeds (median over the {noise.designs} designs measured).")
-    if noise.thread_delta is not None:
-        text += (f" The same seed trained with 2 CPU threads instead of 1 (the same numbers added in another "
-                 f"order) moved it by up to {noise.thread_delta:.2f} points ({noise.thread_pairs} pair(s) measured).")
-    return text

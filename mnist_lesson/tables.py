@@ -1,18 +1,20 @@
-"""Every markdown table of figures the course shows: notebooks print them, the README embeds them.
+"""Every markdown table of figures the course shows: notebooks print them, the README and docs/ embed them.
 
-Each function takes results (summaries, or the folder of results files) and returns markdown, so a
-figure can never be typed by hand. `benchmarks/readme_tables.py` writes them into the README.
+Each function takes summaries (or records) read by `mnist_lesson.records` and returns markdown, so a figure
+can never be typed by hand and no table reads a file. `benchmarks/readme_tables.py` writes them into the
+README and docs/.
 """
 
 from __future__ import annotations
 
-import json
 import statistics
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from mnist_lesson.config import LAST_EPOCHS, TARGET
-from mnist_lesson.results import RunSummary, SeedsSummary, claim_holds, seeds_label, steady_seconds, summarize_seeds
+from mnist_lesson.models import MODELS, get_model
+from mnist_lesson.receptive_field import layer_table
+from mnist_lesson.records import RunSummary, SeedsFile, SeedsSummary, SpeedSummary, Trial, claim_holds
 from mnist_lesson.studies import DesignSummary, best_design, compare
 
 
@@ -22,9 +24,6 @@ def _accs(values: Sequence[float]) -> str:
 
 def steps_table(summaries: Sequence[RunSummary]) -> str:
     """Return a markdown table of recorded runs: parameters, final RF, best and last-3 accuracy, time, device."""
-    from mnist_lesson.models import MODELS, get_model
-    from mnist_lesson.receptive_field import layer_table
-
     rows = [f"| model | parameters | RF | best test acc | last {LAST_EPOCHS} epochs | epochs | s/epoch | device |",
             "|---|---:|---:|---:|---|---:|---:|---|"]
     for s in summaries:
@@ -46,59 +45,52 @@ def seeds_table(summaries: Sequence[SeedsSummary]) -> str:
     return "\n".join(rows)
 
 
-def seed_runs_table(paths: Sequence[Path]) -> str:
+def seed_runs_table(files: Sequence[SeedsFile]) -> str:
     """Return a markdown table with one row per seed of every multi-seed file: last epochs, verdict, time."""
     rows = [f"| model | parameters | seed | last {LAST_EPOCHS} epochs (test acc %) | all >= {TARGET:.2f} | best "
             "| s/run | device |", "|---|---:|---:|---|---|---:|---:|---|"]
-    for path in paths:
-        data = json.loads(Path(path).read_text())
-        for run in sorted(data["runs"], key=lambda run: run["seed"]):
-            verdict = "yes" if claim_holds(run["test_acc"]) else "NO"
-            rows.append(f"| {seeds_label(data)} | {data['params']:,} | {run['seed']} "
-                        f"| {_accs(run['test_acc'][-LAST_EPOCHS:])} | {verdict} "
-                        f"| {max(run['test_acc']):.2f} | {run['seconds']:.0f} | {run['device']} |")
+    for seeds in files:
+        for run in seeds.runs:
+            verdict = "yes" if claim_holds(run.test_acc) else "NO"
+            rows.append(f"| {seeds.label} | {seeds.params:,} | {run.seed} | {_accs(run.test_acc[-LAST_EPOCHS:])} "
+                        f"| {verdict} | {max(run.test_acc):.2f} | {run.seconds:.0f} | {run.device} |")
     return "\n".join(rows)
 
 
-def ladder_table(paths: Sequence[Path]) -> str:
+def ladder_table(summaries: Sequence[SeedsSummary]) -> str:
     """Return the summary of multi-seed files, largest model first: seeds passing, worst epoch."""
-    return seeds_table(sorted((summarize_seeds(path) for path in paths), key=lambda s: -s.params))
+    return seeds_table(sorted(summaries, key=lambda s: -s.params))
 
 
-def trials_table(path: Path) -> str:
+def trials_table(trials: Sequence[Trial]) -> str:
     """Return a markdown table of the ladder's first single-seed trials (evidence/legacy, judged on the test set)."""
     rows = [f"| trial | parameters | architecture | recipe change | seed | last {LAST_EPOCHS} epochs "
             "| train acc, last epoch |", "|---|---:|---|---|---:|---|---:|"]
-    for line in Path(path).read_text().splitlines():
-        trial = json.loads(line)
-        spec = ", ".join(f"{key}={value}" for key, value in trial["spec"].items())
-        change = ", ".join(f"{key}={value}" for key, value in trial["recipe_changes"].items()) or "none"
-        rows.append(f"| {trial['name']} | {trial['params']:,} | {trial['class']}({spec}) | {change} | {trial['seed']} "
-                    f"| {_accs(trial['test_acc'][-LAST_EPOCHS:])} | {trial['train_acc'][-1]:.2f} |")
+    for trial in trials:
+        spec = ", ".join(f"{key}={value}" for key, value in trial.spec.items())
+        change = ", ".join(f"{key}={value}" for key, value in trial.recipe_changes.items()) or "none"
+        rows.append(f"| {trial.name} | {trial.params:,} | {trial.architecture}({spec}) | {change} | {trial.seed} "
+                    f"| {_accs(trial.last_accs)} | {trial.train_acc[-1]:.2f} |")
     return "\n".join(rows)
 
 
-def speed_table(paths: Sequence[Path]) -> str:
+def speed_table(summaries: Sequence[SpeedSummary]) -> str:
     """Return the markdown table of the speed benchmark (benchmarks/speed.py): per device, each configuration."""
-    if not paths:
+    if not summaries:
         return "Not measured yet: run `python benchmarks/speed.py`."
     rows = ["| device | model | configuration | runs | epochs per run | run s (data loading included) "
             "| s/epoch after the first | vs the assignment's DataLoader | test acc after the run |",
             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for path in paths:
-        data = json.loads(Path(path).read_text())
-        base = statistics.median(steady_seconds(run["epochs"]) for run in data["runs"][data["baseline"]])
-        for name, runs in data["runs"].items():
-            epoch = statistics.median(steady_seconds(run["epochs"]) for run in runs)
-            wall = statistics.median(run["wall"] for run in runs)
-            rows.append(f"| {data['device']} | {data['model']} | {name} | {len(runs)} | {data['epochs']} | {wall:.1f} "
-                        f"| {epoch:.2f} | {epoch / base:.2f}x | {_accs([run['test_acc'] for run in runs])} |")
+    for s in summaries:
+        for row in s.rows:
+            rows.append(f"| {s.device} | {s.model} | {row.config} | {row.runs} | {s.epochs} | {row.wall:.1f} "
+                        f"| {row.epoch:.2f} | {row.vs_baseline:.2f}x | {_accs(row.test_accs)} |")
     return "\n".join(rows)
 
 
-def notebook_times_table(path: Path) -> str:
-    """Return the markdown table of full-run wall times per notebook and device (benchmarks/run_notebooks.py)."""
-    times = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+def notebook_times_table(times: Mapping[str, Mapping[str, float]]) -> str:
+    """Return the markdown table of full-run wall times per notebook and device (benchmarks/run_notebooks.py), from
+    `records.read_notebook_times()`."""
     devices = sorted(times)
     if not devices:
         return "Not measured yet: run `python benchmarks/run_notebooks.py`."
@@ -146,10 +138,10 @@ def study_chain(summaries: Sequence[DesignSummary]) -> str:
     return "\n".join(lines)
 
 
-def grading_table(path: Path) -> str:
-    """Return the markdown table of the grading benchmark (benchmarks/grading.py): per machine and number of kernels
-    at once, the wall time for the whole folder, the seconds per submission and the mean points of each kind."""
-    results = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+def grading_table(results: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
+    """Return the markdown table of the grading benchmark (benchmarks/grading.py; `records.read_grading_times()`):
+    per machine and number of kernels at once, the wall time for the whole folder, the seconds per submission and
+    the mean points of each kind."""
     if not results:
         return "Not measured yet: run `python benchmarks/grading.py`."
     rows = ["| machine | kernels at once | submissions | wall time (min) | s per submission | speed-up | "

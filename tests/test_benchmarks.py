@@ -34,6 +34,7 @@ ARGUMENTS = {"design.py": ["steps"]}
 
 
 # readme_tables.py trains nothing; the grader always runs notebooks in smoke mode, so grading.py does not care.
+@pytest.mark.slow  # a fresh Python importing torch per script
 @pytest.mark.parametrize("script", [name for name in SCRIPTS if name not in {"readme_tables.py", "grading.py"}])
 def test_benchmarks_refuse_smoke_mode(script: str) -> None:
     env = {**os.environ, "MNIST_LESSON_SMOKE": "1"}
@@ -42,6 +43,7 @@ def test_benchmarks_refuse_smoke_mode(script: str) -> None:
     assert done.returncode == 2 and "MNIST_LESSON_SMOKE is set" in done.stderr, done.stderr
 
 
+@pytest.mark.slow
 def test_speed_modes_time_the_assignments_way_against_the_package_default(mnist_root: Path) -> None:
     """Each mode's baseline is the assignment's DataLoader way; a timed run (smoke-sized here) reports its wall
     time, epoch times and accuracy. The data-path mode is the same loop with the assignment's model."""
@@ -61,6 +63,35 @@ def test_speed_modes_time_the_assignments_way_against_the_package_default(mnist_
         runs.limits_for = original
     assert run["wall"] >= sum(run["epochs"]) > 0
     assert len(run["epochs"]) == 1 and 0 <= run["test_acc"] <= 100
+
+
+def test_readme_tables_render_each_block_in_every_page_that_holds_it() -> None:
+    """Blocks may sit in README.md or any page of docs/; a block that no page holds is named."""
+    tables = load_script("readme_tables")
+    blocks = {"a": lambda: "A", "b": lambda: "B\nB"}
+    readme, page = "x\n<!-- a -->\nold\n<!-- /a -->\n", "<!-- b -->\n<!-- /b -->\n- <!-- a -->\n\n<!-- /a -->\n"
+    assert tables.render({"README.md": readme, "docs/x.md": page}, blocks) == {
+        "README.md": "x\n<!-- a -->\nA\n<!-- /a -->\n",
+        "docs/x.md": "<!-- b -->\nB\nB\n<!-- /b -->\n- <!-- a -->\nA\n<!-- /a -->\n"}
+    with pytest.raises(ValueError, match=r"has a block for \['b'\]"):
+        tables.render({"README.md": readme}, blocks)
+    assert tables.pages()[0] == REPO / "README.md"
+
+
+def test_the_ladder_findings_quote_the_recorded_trials() -> None:
+    """Every figure of the findings comes from the trials file: change a trial's parameters and the text follows."""
+    from dataclasses import replace
+
+    from mnist_lesson.records import read_trials
+
+    tables = load_script("readme_tables")
+    trials = read_trials()
+    text = tables.ladder_findings(trials)
+    for name in ("u8k-b64", "b32", "sepB-b32", "p1"):
+        assert f"{next(t for t in trials if t.name == name).params:,}" in text, name
+    resized = [replace(t, params=1_111) if t.name == "b32" else t for t in trials]
+    changed = tables.ladder_findings(resized)
+    assert "a 1,111-parameter plain net" in changed and "the plain 1,111 reached" in changed
 
 
 def test_every_benchmark_script_shares_the_common_boilerplate() -> None:

@@ -9,7 +9,7 @@ from torch import nn
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import LAST_EPOCHS, Augment
 from mnist_lesson.models import LADDER, LADDER_RECIPE, AssignmentNet, StepNet, get_model, get_recipe
-from mnist_lesson.results import evidence
+from mnist_lesson.records import evidence, measure_noise, read_design_runs, run_figure, summarize_study
 from mnist_lesson.studies import (
     LEVER_STUDIES,
     STANDARD_THREADS,
@@ -18,10 +18,6 @@ from mnist_lesson.studies import (
     best_design,
     compare,
     get_design,
-    measure_noise,
-    read_runs,
-    run_figure,
-    summarize_study,
 )
 from mnist_lesson.tables import study_chain
 
@@ -116,7 +112,7 @@ def test_the_comparison_rule_needs_ranges_that_do_not_overlap() -> None:
     assert "no measurable difference" in compare(low, overlapping)
 
 
-RUNS = read_runs()
+RUNS = read_design_runs()
 
 
 @pytest.mark.parametrize("study", sorted(STUDIES))

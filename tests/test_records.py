@@ -1,30 +1,54 @@
-"""Results files: recording, summarizing, and the committed claims checked against the models they describe."""
+"""The recorded evidence: recording, reading and summarizing every format, and the committed claims checked against
+the models they describe."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from mnist_lesson import results
+from mnist_lesson import records
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import BUDGET, CLAIM_SEEDS, LAST_EPOCHS, MAX_EPOCHS, TARGET, Augment, Recipe
 from mnist_lesson.models import LADDER, MODELS, get_model, get_recipe
-from mnist_lesson.results import (
+from mnist_lesson.records import (
+    PUBLIC_ANCHORS,
+    StaleStudyError,
     claim_holds,
     describe_result,
     evidence,
+    find_trial,
+    read_grading_times,
+    read_notebook_times,
+    read_seeds,
+    read_speed,
+    read_step_run,
+    read_trials,
+    record_grading_times,
+    record_notebook_time,
     record_run,
+    seeds_path,
+    stale_designs,
     steady_seconds,
     step_summaries,
-    summarize,
     summarize_seeds,
+    summarize_step_run,
+    summarize_study,
 )
-from mnist_lesson.tables import grading_table, seed_groups_table, seeds_table, trials_table
+from mnist_lesson.studies import STANDARD_THREADS, STUDIES, Design, get_design
+from mnist_lesson.tables import (
+    grading_table,
+    notebook_times_table,
+    seed_groups_table,
+    seed_runs_table,
+    seeds_table,
+    speed_table,
+    trials_table,
+)
 from mnist_lesson.train import History
-
-RESULTS = evidence()
 
 
 def make_history(accs: list[float], params: int = 123) -> History:
@@ -36,7 +60,7 @@ def make_history(accs: list[float], params: int = 123) -> History:
 def test_record_and_summarize_a_run(tmp_path: Path) -> None:
     path = record_run("gap", make_history([98.0, 99.5, 99.1, 99.3, 99.2]), tmp_path)
     assert path == tmp_path / "gap.json"
-    summary = summarize(path)
+    summary = summarize_step_run(path)
     assert (summary.model, summary.params, summary.epochs) == ("gap", 123, 5)
     assert summary.best_acc == 99.5 and summary.last_accs == (99.1, 99.3, 99.2) and summary.last_min == 99.1
     assert summary.seconds_per_epoch == pytest.approx(4.0)
@@ -49,7 +73,7 @@ def test_smoke_runs_and_runs_outside_a_checkout_are_never_recorded(tmp_path: Pat
     smoke.meta["smoke"] = True
     assert record_run("gap", smoke, tmp_path) is None
     assert record_run("gap", make_history([99.0]), tmp_path / "absent") is None
-    monkeypatch.setattr(results, "in_checkout", lambda: False)  # a notebook opened alone in Colab
+    monkeypatch.setattr(records, "in_checkout", lambda: False)  # a notebook opened alone in Colab
     assert record_run("gap", make_history([99.0]), tmp_path) is None
     assert list(tmp_path.iterdir()) == []
 
@@ -68,10 +92,10 @@ def test_the_claim_is_judged_on_every_one_of_the_last_epochs() -> None:
 
 
 def test_every_step_has_a_recorded_full_run_that_matches_its_model() -> None:
-    summaries = step_summaries(RESULTS / "steps")
+    summaries = step_summaries()
     assert [s.model for s in summaries] == [name for name in MODELS if name != "assignment" and name not in LADDER]
     for summary in summaries:
-        recorded = json.loads((RESULTS / "steps" / f"{summary.model}.json").read_text())["meta"]
+        recorded = read_step_run(evidence("steps", f"{summary.model}.json")).meta
         assert summary.params == count_parameters(get_model(summary.model))
         assert get_recipe(summary.model).matches(recorded["recipe"]), f"{summary.model}: rerun its notebook"
         assert summary.epochs == get_recipe(summary.model).epochs and not recorded["smoke"]
@@ -94,13 +118,13 @@ def test_recorded_recipes_survive_a_new_defaulted_field() -> None:
 def test_final_model_claim_holds_on_every_seed() -> None:
     """The course's claim, from the committed multi-seed file: < 20,000 parameters, at most 15 epochs, and
     every one of the last 3 epochs of every recorded seed (0-4 at least, of the claim's 0-9) at >= 99.40%."""
-    data = json.loads((RESULTS / "seeds_final.json").read_text())
-    summary = summarize_seeds(RESULTS / "seeds_final.json")
+    seeds = read_seeds(seeds_path("final"))
+    summary = summarize_seeds(seeds_path("final"))
     assert summary.holds, "\n".join(summary.lines())
-    assert data["params"] == count_parameters(get_model("final")) < BUDGET
-    assert get_recipe("final").matches(data["recipe"])
-    assert set(range(5)) <= {run["seed"] for run in data["runs"]} <= set(CLAIM_SEEDS)
-    assert all(len(run["test_acc"]) == get_recipe("final").epochs <= MAX_EPOCHS for run in data["runs"])
+    assert seeds.params == count_parameters(get_model("final")) < BUDGET
+    assert get_recipe("final").matches(seeds.recipe)
+    assert set(range(5)) <= {run.seed for run in seeds.runs} <= set(CLAIM_SEEDS)
+    assert all(len(run.test_acc) == get_recipe("final").epochs <= MAX_EPOCHS for run in seeds.runs)
 
 
 def write_seeds_file(path: Path, lasts: dict[int, list[float]], params: int = 4_000) -> Path:
@@ -144,11 +168,24 @@ def test_seeds_summary_judges_every_last_epoch_of_every_seed(tmp_path: Path) -> 
         summarize_seeds(tmp_path / "seeds_none.json")
 
 
+def test_seed_runs_table_has_a_row_per_seed_with_its_verdict_and_time(tmp_path: Path) -> None:
+    lasts = {1: [99.5, 99.39, 99.6], 0: [99.45, 99.41, 99.5]}
+    seeds = read_seeds(write_seeds_file(tmp_path / "seeds_tiny.json", lasts))
+    assert [run.seed for run in seeds.runs] == [0, 1] and seeds.label == "tiny"
+    rows = seed_runs_table([seeds]).splitlines()
+    assert rows[2] == "| tiny | 4,000 | 0 | 99.45, 99.41, 99.50 | yes | 99.50 | 60 | cpu (1 threads) |"
+    assert rows[3] == "| tiny | 4,000 | 1 | 99.50, 99.39, 99.60 | NO | 99.60 | 60 | cpu (1 threads) |"
+
+
 def test_trials_table_and_steady_epoch_time(tmp_path: Path) -> None:
     trial = {"name": "t1", "class": "LadderNet", "spec": {"block1": [8]}, "recipe_changes": {"batch_size": 32},
              "seed": 0, "params": 1_234, "test_acc": [99.0, 99.41, 99.42, 99.43], "train_acc": [98.0, 99.25]}
     (tmp_path / "trials.jsonl").write_text(json.dumps(trial) + "\n")
-    table = trials_table(tmp_path / "trials.jsonl")
+    trials = read_trials(tmp_path / "trials.jsonl")
+    assert find_trial(trials, "t1", 0).last_accs == (99.41, 99.42, 99.43)
+    with pytest.raises(KeyError, match="no trial 't1' with seed 1"):
+        find_trial(trials, "t1", 1)
+    table = trials_table(trials)
     assert "| t1 | 1,234 | LadderNet(block1=[8]) | batch_size=32 | 0 | 99.41, 99.42, 99.43 | 99.25 |" in table
     assert steady_seconds([30.0, 10.0, 12.0, 11.0]) == 11.0  # the first epoch (compiling) is left out
     assert steady_seconds([5.0]) == 5.0
@@ -158,24 +195,23 @@ def test_trials_table_and_steady_epoch_time(tmp_path: Path) -> None:
 def test_every_ladder_rung_was_verified_on_at_least_five_seeds(name: str) -> None:
     """Each rung's committed seeds file (seeds 0-4 at least, only the claim's 0-9) matches the registered model
     and recipe (at most 15 epochs)."""
-    data = json.loads((RESULTS / f"seeds_{name}.json").read_text())
-    assert data["params"] == count_parameters(get_model(name)) < LADDER[name]
-    assert get_recipe(name).matches(data["recipe"]) and get_recipe(name).epochs <= MAX_EPOCHS
-    assert set(range(5)) <= {run["seed"] for run in data["runs"]} <= set(CLAIM_SEEDS)
-    assert all(len(run["test_acc"]) == get_recipe(name).epochs for run in data["runs"])
+    seeds = read_seeds(seeds_path(name))
+    assert seeds.params == count_parameters(get_model(name)) < LADDER[name]
+    assert get_recipe(name).matches(seeds.recipe) and get_recipe(name).epochs <= MAX_EPOCHS
+    assert set(range(5)) <= {run.seed for run in seeds.runs} <= set(CLAIM_SEEDS)
+    assert all(len(run.test_acc) == get_recipe(name).epochs for run in seeds.runs)
 
 
 # A required rung that falls short would stay visible here as a strict xfail naming the failure (strict: the day
 # its recorded seeds all hold, this test says so) until a new recipe or rung replaces it. None does now.
 @pytest.mark.parametrize("name", ["under8k", "under5k"])
 def test_required_ladder_rungs_hold_the_claim_on_every_seed(name: str) -> None:
-    summary = summarize_seeds(RESULTS / f"seeds_{name}.json")
+    summary = summarize_seeds(seeds_path(name))
     assert summary.claimed, "\n".join([summary.verdict, *summary.lines()])
 
 
 def test_ladder_plot_draws_every_rung_and_anchor(tmp_path: Path) -> None:
     from mnist_lesson.plots import plot_ladder
-    from mnist_lesson.results import PUBLIC_ANCHORS
 
     held = summarize_seeds(write_seeds_file(tmp_path / "a.json", {0: [99.5, 99.45, 99.5], 1: [99.41, 99.5, 99.6]}))
     short = summarize_seeds(write_seeds_file(tmp_path / "b.json", {0: [99.3, 99.45, 99.5]}, params=3_000))
@@ -191,12 +227,13 @@ def test_ladder_plot_draws_every_rung_and_anchor(tmp_path: Path) -> None:
 
 def test_grading_table_gives_per_submission_times_speed_up_and_points(tmp_path: Path) -> None:
     path = tmp_path / "grading_times.json"
-    assert "Not measured yet" in grading_table(path)
+    assert "Not measured yet" in grading_table(read_grading_times(path))
     runs = [{"jobs": jobs, "submissions": 4, "wall_s": wall, "s_per_submission": wall / 4, "graded": 4, "failed": 0,
              "mean_points": {"correct": 29.0, "partly": 28.0, "raises": 29.0, "invalid": 0.0}, "max_points": 29}
             for jobs, wall in ((1, 60.0), (2, 40.0))]
-    path.write_text(json.dumps({"cpu (test)": runs}))
-    table = grading_table(path)
+    record_grading_times("cpu (test)", runs, path)
+    assert read_grading_times(path) == {"cpu (test)": runs}
+    table = grading_table(read_grading_times(path))
     assert "| cpu (test) | 1 | 4 | 1.0 | 15.00 | 1.00x | 29.0, 28.0, 29.0, 0.0 of 29 |" in table
     assert "| cpu (test) | 2 | 4 | 0.7 | 10.00 | 1.50x |" in table
     assert "2 kernel(s) at once grade a class of 300 in about 50 minutes on cpu (test)" in table
@@ -208,3 +245,75 @@ def test_seed_groups_table_splits_the_claim_by_seeds(tmp_path: Path) -> None:
     table = seed_groups_table([summary], {"seeds 0-4": range(5), "seeds 5-9": range(5, 10), "seeds 10-": [10]})
     assert "| model | seeds 0-4 | seeds 5-9 | seeds 10- |" in table
     assert "| tiny | 2 of 2 hold, worst 99.41 | 0 of 1 hold, worst 99.38 | not run yet |" in table
+
+
+def test_notebook_times_are_recorded_per_device_and_tabled_in_minutes(tmp_path: Path) -> None:
+    path = tmp_path / "notebook_times.json"
+    assert read_notebook_times(path) == {}
+    assert "Not measured yet" in notebook_times_table(read_notebook_times(path))
+    record_notebook_time("cpu (test)", "00_a.ipynb", 90.04, path)
+    record_notebook_time("cpu (test)", "01_b.ipynb", 30.0, path)
+    record_notebook_time("cuda (test)", "00_a.ipynb", 6.0, path)
+    times = read_notebook_times(path)
+    assert times == {"cpu (test)": {"00_a.ipynb": 90.0, "01_b.ipynb": 30.0}, "cuda (test)": {"00_a.ipynb": 6.0}}
+    rows = notebook_times_table(times).splitlines()
+    assert rows[0] == "| notebook | minutes on cpu (test) | minutes on cuda (test) |"
+    assert rows[2:] == ["| 00_a.ipynb | 1.5 | 0.1 |", "| 01_b.ipynb | 0.5 | not measured |",
+                        "| all notebooks | 2.0 | 0.1 |"]
+
+
+def test_a_speed_file_is_summarized_against_its_baseline(tmp_path: Path) -> None:
+    data = {"device": "cpu (test)", "model": "final", "mode": "levers", "epochs": 2, "baseline": "slow",
+            "runs": {"slow": [{"wall": 30.0, "epochs": [20.0, 10.0], "test_acc": 98.0}] * 2,
+                     "fast": [{"wall": 12.0, "epochs": [9.0, 4.0], "test_acc": 98.5},
+                              {"wall": 14.0, "epochs": [9.0, 6.0], "test_acc": 98.25}]}}
+    (tmp_path / "speed_levers_cpu.json").write_text(json.dumps(data))
+    summary = read_speed(tmp_path / "speed_levers_cpu.json")
+    fast = summary.rows[1]
+    assert (fast.config, fast.runs, fast.wall, fast.epoch, fast.vs_baseline) == ("fast", 2, 13.0, 5.0, 0.5)
+    table = speed_table([summary]).splitlines()
+    assert table[-1] == "| cpu (test) | final | fast | 2 | 2 | 13.0 | 5.00 | 0.50x | 98.50, 98.25 |"
+    assert "Not measured yet" in speed_table([])
+
+
+def test_no_module_but_records_parses_the_evidence() -> None:
+    """Every recorded format is read in one place: a module of the package or a benchmark that deals with the
+    evidence reads and writes it through mnist_lesson.records, never with json itself."""
+    repo = Path(__file__).resolve().parents[1]
+    for path in [*(repo / "mnist_lesson").rglob("*.py"), *(repo / "benchmarks").glob("*.py")]:
+        source = path.read_text()
+        if path.name != "records.py" and ("evidence" in source or "mnist_lesson.records" in source):
+            assert not re.search(r"json\.(loads?|dumps?)\(", source), f"{path.name}: use mnist_lesson.records"
+
+
+def _design_run(design: Design, seed: int, val: float, **recorded: Any) -> dict[str, Any]:
+    """A design run as benchmarks/design.py records it (fields in `recorded` replace the design's own)."""
+    epochs = [{"epoch": i + 1, "val_acc": val, "test_acc": val - 0.1} for i in range(LAST_EPOCHS)]
+    return {"key": design.key, "seed": seed, "threads": STANDARD_THREADS, "recipe": design.recipe.to_dict(),
+            "params": count_parameters(design.build()), "epochs": epochs, **recorded}
+
+
+def test_a_study_whose_recorded_recipe_no_longer_matches_says_which_design_and_what_differs() -> None:
+    """Changing a design's recipe (or model) must never silently drop it from its study: the summary names it."""
+    skeleton, transitions = get_design("steps", "skeleton"), get_design("steps", "transitions")
+    runs = [_design_run(skeleton, seed, 99.0 + seed / 10) for seed in range(3)]
+    summaries = summarize_study("steps", runs)  # designs without any runs are simply not run yet
+    assert [(s.key, s.figures) for s in summaries] == [("skeleton", {0: 99.0, 1: 99.1, 2: 99.2})]
+    old = transitions.recipe.with_overrides(lr=0.05, augment=Augment(shift=0.1)).to_dict()
+    stale = runs + [_design_run(transitions, seed, 99.0, recipe=old) for seed in range(3)]
+    assert stale_designs("steps", stale) == [
+        "study 'steps', design 'transitions': 3 recorded run(s), none with its current recipe and model "
+        "(recipe lr=0.05, augment.shift=0.1 recorded, lr=0.01, augment.shift=0 now); rerun "
+        "`python benchmarks/design.py steps --only transitions`"]
+    with pytest.raises(StaleStudyError, match="design 'transitions'.*lr=0.05"):
+        summarize_study("steps", stale)
+    resized = runs + [_design_run(transitions, 0, 99.0, params=1_234)]
+    with pytest.raises(StaleStudyError, match=r"design 'transitions'.*\(1,234 parameters recorded, [\d,]+ now\)"):
+        summarize_study("steps", resized)
+    # One run that still matches keeps the design in its study; the other runs simply do not count.
+    assert [s.key for s in summarize_study("steps", stale + [_design_run(transitions, 0, 99.3)])] == [
+        "skeleton", "transitions"]
+
+
+def test_the_committed_design_runs_have_no_stale_design() -> None:
+    assert all(stale_designs(study) == [] for study in STUDIES)
