@@ -26,7 +26,8 @@ import nbformat
 import torch
 from common import REPO, locked, set_threads, where
 
-from mnist_lesson import grader
+from mnist_lesson.grading import grader
+from mnist_lesson.grading.contract import CHECKS_MODULE, Checks
 from mnist_lesson.records import GRADING_TIMES, evidence, record_grading_times
 
 TIMES = evidence(GRADING_TIMES)
@@ -39,7 +40,7 @@ def default_notebook() -> Path:
                  if p.exists()), REPO / "instructor" / "exercises.ipynb")
 
 
-def submission(solution: nbformat.NotebookNode, kind: str, student: str, checks: grader.Checks) -> str:
+def submission(solution: nbformat.NotebookNode, kind: str, student: str, checks: Checks) -> str:
     """Return the text of one submission of `kind`, handed in by `student`."""
     if kind == "invalid":
         return '{"cells": ['
@@ -64,12 +65,12 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="kernels at once to compare (1 2)")
     parser.add_argument("--timeout", type=float, default=120, help="the grader's --timeout (default 120)")
     parser.add_argument("--notebook", type=Path, default=default_notebook(), help="the solution notebook")
-    parser.add_argument("--checks", default=grader.CHECKS_MODULE, help="the checks module (tests use a stand-in)")
+    parser.add_argument("--checks", default=CHECKS_MODULE, help="the checks module (tests use a stand-in)")
     parser.add_argument("--out", type=Path, default=TIMES, help="results file (default: the evidence folder's)")
     parser.add_argument("--no-data-check", action="store_true", help="skip the grader's MNIST check (tests)")
     args = parser.parse_args()
     set_threads(None)
-    checks = grader.Checks.load(args.checks)
+    checks = Checks.load(args.checks)
     solution = nbformat.read(args.notebook, as_version=4)
     machine = f"{where(torch.device('cpu'))}, {os.cpu_count()} cores"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

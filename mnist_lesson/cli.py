@@ -192,7 +192,7 @@ def _colab(args: argparse.Namespace) -> int:
 
 
 def _student(args: argparse.Namespace) -> int:
-    from mnist_lesson.exercises import write_student_version
+    from mnist_lesson.grading.student_notebook import write_student_version
 
     target = write_student_version(args.source, Path(args.out))
     print(f"wrote {target}: solutions removed, outputs cleared, Colab badge and cells added; store its outputs with "
@@ -201,7 +201,7 @@ def _student(args: argparse.Namespace) -> int:
 
 
 def _grade(args: argparse.Namespace) -> int:
-    from mnist_lesson.grader import EnvironmentChanged, GradingLimits, grade_folder
+    from mnist_lesson.grading.grader import EnvironmentChanged, GradingLimits, grade_folder
 
     try:
         summary = grade_folder(args.submissions, args.out, GradingLimits(timeout=args.timeout), jobs=args.jobs,

@@ -107,7 +107,8 @@ def runtime_note(notebook: str, device: Any) -> str:
     return "\n".join(lines)
 
 
-def _folder(path: Path) -> str:
+def notebook_folder(path: Path) -> str:
+    """Return the repository folder a notebook's badge points into, from its path."""
     # notebooks/NAME.ipynb -> "notebooks"; notebooks/student/NAME.ipynb -> "notebooks/student"
     parts = path.resolve().parts
     return "/".join(parts[parts.index("notebooks"):-1]) if "notebooks" in parts else "notebooks"
@@ -123,7 +124,7 @@ def check_notebook(path: Path) -> list[str]:
 
     nb = nbformat.read(path, as_version=4)
     problems = []
-    expected = badge(path.name, _folder(path))
+    expected = badge(path.name, notebook_folder(path))
     if expected not in nb.cells[0].source.splitlines():
         problems.append(f"{path.name}: the first cell lacks the badge {expected}")
     code = _code(nb)
@@ -150,7 +151,7 @@ def sync_notebook(path: Path) -> bool:
                          f"{SETUP_MARKER!r} and a second containing {DEVICE_MARKER!r}; add them by hand once, "
                          "then sync")
     before = nbformat.writes(nb)
-    title[badge_lines[0]] = badge(path.name, _folder(path))
+    title[badge_lines[0]] = badge(path.name, notebook_folder(path))
     nb.cells[0].source = "\n".join(title)
     code[0].source, code[1].source = setup_source(), device_source(path.name)
     nb.metadata.update(COLAB_METADATA)

@@ -212,7 +212,7 @@ def test_colab_check_and_sync(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_grade_and_student_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import csv
 
-    from mnist_lesson.checks import EXERCISES
+    from mnist_lesson.grading.exercises import EXERCISES
 
     submissions = tmp_path / "subs"
     submissions.mkdir()

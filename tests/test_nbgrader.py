@@ -19,10 +19,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mnist_lesson.checks import EXERCISES, PRELUDE
-from mnist_lesson.exercises import BEGIN, END
+from mnist_lesson.grading.exercises import EXERCISES, PRELUDE
+from mnist_lesson.grading.student_notebook import BEGIN, END
 
 pytest.importorskip("nbgrader")
+pytestmark = pytest.mark.slow  # nbgrader and our grader run every notebook in kernels
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO / "instructor" / "exercises.ipynb"

@@ -46,7 +46,7 @@ def test_every_relative_link_in_the_readme_and_docs_resolves() -> None:
 
 
 def test_the_exercise_table_and_counts_match_the_exercises() -> None:
-    from mnist_lesson.grading import EXERCISES
+    from mnist_lesson.grading.exercises import EXERCISES
 
     page = (REPO / "docs" / "exercises.md").read_text()
     rows = re.findall(r"^\| `(\w+)` \| (\d+) \|", page, re.MULTILINE)

@@ -574,7 +574,7 @@ def test_concatenation_would_also_have_reported_the_wrong_output_shape() -> None
 
 
 def test_eight_branches_no_longer_earn_the_rf_exercise_point() -> None:
-    from mnist_lesson.checks import ex02
+    from mnist_lesson.grading.exercises import ex02
 
     result = ex02.grade(EightBranches())
     assert not result.passed and result.points == 0

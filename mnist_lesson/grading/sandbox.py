@@ -1,9 +1,9 @@
 """Run student code in a Jupyter kernel under a wall-time limit, and leave nothing of it behind.
 
-The grader (grader.py) starts each kernel through this module: `python -m mnist_lesson.sandbox CONNECTION_FILE`
-sets resource limits (file size, open files, processes, no core dumps), tries to give the kernel its own user
-and network namespaces (no network; Linux only, falling back silently where the system refuses), asks to be
-killed if the grader dies, and then becomes an IPython kernel. `Sandbox` runs cells in such a kernel and reads
+The grader (grader.py) starts each kernel through this module: `python -m mnist_lesson.grading.sandbox
+CONNECTION_FILE` sets resource limits (file size, open files, processes, no core dumps), tries to give the kernel
+its own user and network namespaces (no network; Linux only, falling back silently where the system refuses), asks
+to be killed if the grader dies, and then becomes an IPython kernel. `Sandbox` runs cells in such a kernel and reads
 only their execute replies (never the output stream, so output of any size costs the grader nothing), interrupts
 a step at its time limit, kills the kernel a few seconds later if the interrupt is ignored, and at the end kills
 every process the submission started: those carrying its marker in their environment, the kernel's descendants,
@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import json
 import os
+import resource
 import secrets
 import shutil
 import signal
@@ -59,8 +60,6 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def _set_limit(name: str, value: int) -> bool:
-    import resource
-
     kind = getattr(resource, name, None)
     if kind is None:
         return False
@@ -134,7 +133,7 @@ def apply_limits() -> dict[str, object]:
 
 def describe_isolation() -> str:
     """Return one line saying which limits a student kernel runs under on this machine (started once to see)."""
-    probe = subprocess.run([sys.executable, "-m", "mnist_lesson.sandbox", "--probe"], capture_output=True,
+    probe = subprocess.run([sys.executable, "-m", "mnist_lesson.grading.sandbox", "--probe"], capture_output=True,
                            text=True, timeout=60, env={**os.environ, MARKER_ENV: f"{os.getpid()}:probe"})
     try:
         held = json.loads(probe.stdout)
@@ -148,7 +147,7 @@ def describe_isolation() -> str:
 
 
 def main(argv: list[str]) -> None:
-    """Launch a student kernel: `python -m mnist_lesson.sandbox CONNECTION_FILE` (or `--probe`)."""
+    """Launch a student kernel: `python -m mnist_lesson.grading.sandbox CONNECTION_FILE` (or `--probe`)."""
     held = apply_limits()
     if argv[:1] == ["--probe"]:
         print(json.dumps(held))
@@ -364,6 +363,7 @@ class Sandbox:
 
     def _start(self, shell) -> object:  # type: ignore[no-untyped-def]
         """Launch the kernel and connect `shell` to it; return the session once the kernel answers."""
+        # Imported here, not at the top: the launcher (this module's main) runs before every kernel and needs neither.
         from jupyter_client.session import Session
 
         key = secrets.token_hex(16)
@@ -375,7 +375,7 @@ class Sandbox:
         with _LOCK:  # no scan may see the child between fork and exec, without its marker
             _LIVE[self.marker] = -1
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mnist_lesson.sandbox", str(connection)], cwd=self.workdir, env=self.env,
+                [sys.executable, "-m", "mnist_lesson.grading.sandbox", str(connection)], cwd=self.workdir, env=self.env,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)  # Ctrl-C at the grader's terminal never reaches student code
             _LIVE[self.marker] = self.proc.pid
@@ -444,7 +444,7 @@ class Sandbox:
 
     def run(self, steps: list[Step]) -> list[StepResult]:
         """Start the kernel, run the steps in order, then end every process it started; return one result a step."""
-        import zmq
+        import zmq  # here, not at the top: see _start
 
         results = [StepResult(planned=len(step.sources)) for step in steps]
         context = zmq.Context()

@@ -2,53 +2,25 @@
 writes from that record by atomic replacement after each student, under a lock (one writer).
 
 A submission that truncates or deletes the gradebook loses nothing: a file changed behind the grader's back is reported
-and rewritten from the record. What is and is not protected: the README's "Grading".
+and rewritten from the record. What is and is not protected: docs/grading.md.
 """
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import os
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from mnist_lesson.config import UsageError
+from mnist_lesson.grading.contract import TOTAL, Checks, Row, file_digest
 
-if TYPE_CHECKING:
-    from mnist_lesson.grader import Checks
-
-COLUMNS = ["student", "exercise", "points", "max_points", "hints", "message"]
+COLUMNS = ["student", "exercise", "points", "max_points", "hints", "message"]  # Row's fields, in order
 _OLD_COLUMNS = ["student", "exercise", "points", "max_points", "message"]  # gradebooks from before hints
-TOTAL = "TOTAL"
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the gradebook; `hints` is None where hint use could not be read."""
-
-    student: str
-    exercise: str
-    points: int
-    max_points: int
-    hints: int | None
-    message: str
-
-    def cells(self) -> list[object]:
-        """Return the row's CSV cells, in COLUMNS order, the message on one line."""
-        return [self.student, self.exercise, self.points, self.max_points, "" if self.hints is None else self.hints,
-                " ".join(self.message.split())]
-
-
-def _digest(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except FileNotFoundError:
-        return None
 
 
 def _replace(path: Path, text: str) -> None:
@@ -119,8 +91,6 @@ class Gradebook:
         self._lock_fd: int | None = None
 
     def __enter__(self) -> Gradebook:
-        import fcntl
-
         lock = self.path.with_name(f"{self.path.name}.lock")
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -144,7 +114,7 @@ class Gradebook:
 
     def _load(self) -> None:
         for target in (self.path, self.wide):
-            self._written[target] = _digest(target)
+            self._written[target] = file_digest(target)
         try:
             text = self.path.read_bytes().decode("utf-8")
         except FileNotFoundError:
@@ -219,7 +189,7 @@ class Gradebook:
         """Write the long and wide CSVs from the record, and the feedback of `feedback_for` (None: everyone);
         a file changed by anything but the grader since it last wrote it is reported, then rewritten."""
         for target, text in ((self.path, self._long()), (self.wide, self._wide())):
-            if _digest(target) != self._written.get(target):
+            if file_digest(target) != self._written.get(target):
                 self.changed += 1
                 self.log(f"{target} was changed by something other than this grader (a submission?); rewritten from "
                          "the grader's own record")
@@ -233,10 +203,6 @@ class Gradebook:
 
 def graded_students(gradebook: Path, checks: Checks | None = None) -> set[str]:
     """Return the students with a complete set of rows in the gradebook at `gradebook` (read without the lock)."""
-    if checks is None:
-        from mnist_lesson.grader import Checks  # here, not at the top: the grader imports this module
-
-        checks = Checks.load()
-    book = Gradebook(gradebook, checks, log=lambda message: None)
+    book = Gradebook(gradebook, checks or Checks.load(), log=lambda message: None)
     book._load()
     return book.graded()

@@ -4,24 +4,24 @@ Each submission runs twice, each time in a fresh kernel of its own (sandbox.py: 
 no network where allowed, every process it started killed at the end). First the whole notebook as handed in:
 which cells raised, whether it kept to the time limit, and how many hints its checks gave. Then a clean kernel
 runs only `STUDENT = key`, the exercises' import cell (PRELUDE) and the student's answer cells, around a hidden
-grading step built from a private copy of the checks' source read when the grader started; the results come
-back in a file, not in the output. The interface with mnist_lesson.checks is fixed in the contract of issue 14.
+grading step built from a private copy of the exercises' source read when the grader started; the results come
+back in a file, not in the output. The interface with the exercises is fixed in contract.py (issue 14).
 
 Each finished student is recorded whole in the gradebook (gradebook.py: the grader's own record, and the files
 written from it under a lock), so a Ctrl-C records nothing for the students in progress. What is and is not
-protected: the README's "Grading".
+protected: docs/grading.md.
 """
 
 from __future__ import annotations
 
 import errno
-import importlib
 import json
 import math
 import os
 import queue
 import re
 import secrets
+import site
 import stat
 import threading
 import time
@@ -31,12 +31,15 @@ from pathlib import Path
 
 import nbformat
 
-from mnist_lesson import sandbox
+import mnist_lesson
 from mnist_lesson.config import SMOKE_ENV, UsageError
-from mnist_lesson.gradebook import TOTAL, Gradebook, Row, _digest, check_output
-from mnist_lesson.sandbox import Reply, Sandbox, Step, StepResult, Stopped
+from mnist_lesson.data import ensure_mnist
+from mnist_lesson.device import default_threads
+from mnist_lesson.grading import sandbox
+from mnist_lesson.grading.contract import TOTAL, Checks, Row, file_digest
+from mnist_lesson.grading.gradebook import Gradebook, check_output
+from mnist_lesson.grading.sandbox import Reply, Sandbox, Step, StepResult, Stopped
 
-CHECKS_MODULE = "mnist_lesson.checks"
 SUFFIX = ".ipynb"  # matched whatever its case (W.IPYNB is a submission too)
 MAX_FILE_BYTES = 20 * 1024 * 1024  # a submission larger than this is not run
 MAX_RESULTS_BYTES = 1024 * 1024  # of the grading step's results file
@@ -72,14 +75,12 @@ class EnvironmentChanged(GraderFailure):
 def code_digests() -> dict[str, str]:
     """Return {path: sha256} of what every kernel runs at start-up and the checks import: this package's modules,
     and the .pth files and site/user customization of the Python environment."""
-    import site
-
-    paths = sorted(Path(__file__).parent.rglob("*.py"))
+    paths = sorted(Path(mnist_lesson.__file__).parent.rglob("*.py"))
     for folder in [*site.getsitepackages(), site.getusersitepackages()]:
         if os.path.isdir(folder):
             paths += sorted(Path(folder).glob("*.pth"))
             paths += [Path(folder) / n for n in ("sitecustomize.py", "usercustomize.py") if (Path(folder) / n).exists()]
-    return {str(path): _digest(path) or "" for path in paths}
+    return {str(path): file_digest(path) or "" for path in paths}
 
 
 def _check_code(before: Mapping[str, str] | None, student: str) -> None:
@@ -92,53 +93,6 @@ def _check_code(before: Mapping[str, str] | None, student: str) -> None:
             f"{', '.join(changed[:3])}{' and more' if len(changed) > 3 else ''} changed while {student} was graded: a "
             "submission may have modified the code every kernel runs. Restore it (git status, pip), read that "
             "notebook, and grade in a container with the environment read-only; if you edited it yourself, run again")
-
-
-# --- the checks, as read once when grading starts -----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExerciseInfo:
-    """What the grader needs to know of one exercise."""
-
-    name: str
-    title: str
-    variable: str
-    max_points: int
-
-
-@dataclass(frozen=True)
-class Checks:
-    """The checks module as the grader uses it: read once, so editing checks.py while grading changes nothing."""
-
-    module: str  # its import name in the kernels (hint use is read from it there)
-    source: str  # its source: the grading step builds a private copy from this text
-    exercises: tuple[ExerciseInfo, ...]
-    prelude: str  # the exercise notebook's import cell
-    student_key: Callable[[Mapping[str, object]], str]
-
-    @property
-    def full(self) -> int:
-        """Return the maximum total."""
-        return sum(ex.max_points for ex in self.exercises)
-
-    @classmethod
-    def load(cls, module: str | None = None) -> Checks:
-        """Return the checks of `module` (default CHECKS_MODULE; the contract of issue 14: EXERCISES, PRELUDE,
-        student_key)."""
-        module = module or CHECKS_MODULE
-        mod = importlib.import_module(module)
-        missing = [name for name in ("EXERCISES", "PRELUDE", "student_key") if not hasattr(mod, name)]
-        if missing:
-            raise UsageError(f"{module} has no {', '.join(missing)}: the grader needs the exercises' interface of "
-                             "issue 14")
-        exercises = tuple(ExerciseInfo(name, str(ex.title), str(ex.variable), int(ex.max_points))
-                          for name, ex in mod.EXERCISES.items())
-        for ex in exercises:
-            if not (ex.variable.isidentifier() and ex.max_points >= 1 and ex.name and ex.name != TOTAL):
-                raise UsageError(f"{module}: exercise {ex.name!r} needs a variable name and max_points >= 1")
-        source = Path(mod.__file__).read_text(encoding="utf-8")
-        return cls(module, source, exercises, str(mod.PRELUDE), mod.student_key)
 
 
 # --- submissions: names, files, cells -----------------------------------------------------------------------
@@ -249,19 +203,39 @@ def _grader_report(path, module):
         json.dump(report, f, default=repr)
 '''
 
+# The grader's private copy of the checks: each source (the checks module last) exec'd into a fresh module, whose
+# `from <a copied module> import ...` gets that module's copy. Answer cells that later change the public modules
+# (a class, a function, EXERCISES) reach none of it.
+PRIVATE_COPY = '''
+def private_copy(sources, prefix):
+    import builtins, sys, types
+    real_import, copies = builtins.__import__, {}
+
+    def private_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 0 and fromlist and name in copies:
+            return copies[name]
+        return real_import(name, globals, locals, fromlist, level)
+
+    private_builtins = {**builtins.__dict__, "__import__": private_import}
+    for number, (name, source) in enumerate(sources):
+        module = types.ModuleType(f"{prefix}{number}")
+        module.__dict__["__builtins__"] = private_builtins
+        sys.modules[module.__name__] = module  # dataclasses look their module up while a class is built
+        try:
+            exec(compile(source, f"{name} (the grader's private copy)", "exec"), module.__dict__)
+        finally:
+            del sys.modules[module.__name__]
+        copies[name] = module
+    return module
+'''
+
 # In the clean grading kernel, before any student code: build the private checks and capture what the grading
 # step needs. It runs with a copy of the builtins taken now, so answer cells that later replace print, exec,
 # json.dumps, str or isinstance change nothing here; results go to a file opened now, never to the output.
-_SETUP = '''
-def setup(source, name, channel, key, namespace):
-    import builtins, json, os, sys, types
-    checks = types.ModuleType(name)
-    checks.__dict__["__builtins__"] = dict(builtins.__dict__)
-    sys.modules[name] = checks  # dataclasses look their module up while a class is built
-    try:
-        exec(compile(source, "checks.py (the grader's private copy)", "exec"), checks.__dict__)
-    finally:
-        del sys.modules[name]
+_SETUP = PRIVATE_COPY + '''
+def setup(sources, prefix, channel, key, namespace):
+    import json, os
+    checks = private_copy(sources, prefix)
     graders = [(exercise, ex.variable, ex.grade) for exercise, ex in checks.EXERCISES.items()]
     fd = os.open(channel, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     dumps, write, close = json.dumps, os.write, os.close
@@ -285,7 +259,7 @@ def _setup_cell(checks: Checks, key: str, channel: Path, nonce: str) -> str:
         "import builtins as _grader_builtins",
         "_grader_env = {'__builtins__': dict(_grader_builtins.__dict__)}",
         f"exec({_SETUP!r}, _grader_env)",
-        f"_grader_{nonce} = _grader_env['setup']({checks.source!r}, '_grader_checks_{nonce}', {str(channel)!r}, "
+        f"_grader_{nonce} = _grader_env['setup']({checks.sources!r}, '_grader_checks_{nonce}_', {str(channel)!r}, "
         f"{key!r}, globals())",
         "del _grader_builtins, _grader_env",
     ])
@@ -350,10 +324,8 @@ def _read_results(channel: Path, checks: Checks) -> dict[str, tuple[int, str]]:
 
 
 def _student_env(jobs: int) -> dict[str, str]:
-    # Smoke mode, no variables that look like credentials, and torch threads as runs.default_threads picks them
+    # Smoke mode, no variables that look like credentials, and torch threads as device.default_threads picks them
     # for the kernels running at once (one each on a CPU that is already busy).
-    from mnist_lesson.runs import default_threads
-
     secret = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL")
     env = {k: v for k, v in os.environ.items() if not any(word in k.upper() for word in secret)}
     env.setdefault("OMP_NUM_THREADS", str(default_threads(jobs)))
@@ -523,8 +495,6 @@ def grade_folder(submissions: Path, gradebook: Path, limits: GradingLimits = Gra
     summary = GradingSummary()
     with Gradebook(gradebook, checks, *book_args, log=log) as book:
         if check_data:
-            from mnist_lesson.data import ensure_mnist
-
             ensure_mnist(log=log)  # a missing data set is the instructor's problem, never blamed on a student
         done = set() if redo else book.graded()
         todo = [s for s in found if s.student not in done]

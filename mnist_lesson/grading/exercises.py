@@ -1,42 +1,61 @@
-"""Exercise checks students run themselves: `q02.question()`, `q02.check()`, `q02.hint()` (notebooks/exercises.ipynb).
+"""The exercises of notebooks/exercises.ipynb, one or two per notebook, each with its numbers, its question, its
+check and its hints; EXERCISES lists them, PRELUDE is the exercise notebook's import cell.
 
-Every exercise asks for a decision the package does not hand over: a number worked out by hand (a receptive
-field, a parameter count, an output size, a schedule), or a network built from torch layers under a budget
-that binds. Each student gets their own numbers: they derive from a student key (`student_key`: the
-notebook's `STUDENT`, else $MNIST_LESSON_STUDENT, else "anonymous") and the exercise's name, through a
-seeded `random.Random`, so the grader regenerates them and a neighbour's answers do not fit.
-
-A check reads the answer from the notebook (`ex02.check()`), prints one line and returns the points earned
-as the cell's value (nbgrader reads that value as partial credit). It never raises: any answer, of any
-type or shape, gets an explanation. This module must also work when the grader execs its source into a
-fresh module, so it imports the rest of the package by absolute name only.
+Every exercise asks for a decision the package does not hand over: a number worked out by hand (a receptive field,
+a parameter count, an output size, a schedule), or a network built from torch layers under a budget that binds.
+What an exercise is, and the readers its check uses, live in mnist_lesson.grading.exercise. This module and that
+one are the exercises' interface with the grader (mnist_lesson.grading.contract): EXERCISES, PRELUDE, student_key,
+and COPIED_WITH. The grader execs both sources into fresh modules (its private copy), so they import the rest of
+the package by absolute name only.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import hashlib
-import io
 import math
-import os
 import random
 import statistics
-import sys
-import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import nn
 
 from mnist_lesson.budget import count_parameters
-from mnist_lesson.receptive_field import LayerTable, UnsupportedLayerError, layer_table
+from mnist_lesson.config import Recipe
+from mnist_lesson.device import pick_device
+from mnist_lesson.grading.exercise import (
+    ACTIVATIONS,
+    POINTWISE,
+    Exercise,
+    Explained,
+    Marks,
+    Numbers,
+    as_module,
+    as_pair,
+    as_real,
+    as_whole,
+    as_yes_no,
+    caller_namespace,
+    conv_rf,
+    describe,
+    grade_parts,
+    leaf_modules,
+    log_probs_problem,
+    output_on_zeros,
+    parameter_problem,
+    rows_before_flat,
+    rows_with_modules,
+    show_key,
+    student_key,
+    table_of,
+)
 
-STUDENT_ENV = "MNIST_LESSON_STUDENT"
-ANONYMOUS = "anonymous"
+__all__ = ["EXERCISES", "PRELUDE", "COPIED_WITH", "student_key", "show_key", "q01", "q02", "ex02", "q03", "ex03", "q04",
+           "ex04", "q05", "ex06", "q07a", "q07b", "q07c", "ex07", "q08", "ex08"]
+
 SIDE = 28  # MNIST images are 28x28
+# The modules whose code the checks run: the grader's private copy copies them too, before this one.
+COPIED_WITH = ("mnist_lesson.grading.exercise",)
 
 # The exact source of the exercise notebook's import cell (the grader runs it before the answer cells).
 PRELUDE = """\
@@ -45,7 +64,7 @@ import torch
 from torch import nn
 
 from mnist_lesson.budget import count_parameters
-from mnist_lesson.checks import (
+from mnist_lesson.grading.exercises import (
     ex02,
     ex03,
     ex04,
@@ -64,292 +83,6 @@ from mnist_lesson.checks import (
     show_key,
 )
 from mnist_lesson.receptive_field import layer_table"""
-
-
-def student_key(namespace: Mapping[str, object]) -> str:
-    """Return the key a student's numbers derive from: `STUDENT` in `namespace` if a non-empty string, else
-    $MNIST_LESSON_STUDENT, else "anonymous"; normalized by trimming, collapsing inner spaces and lower-casing."""
-    for candidate in (namespace.get("STUDENT"), os.environ.get(STUDENT_ENV)):
-        if isinstance(candidate, str) and candidate.split():
-            return " ".join(candidate.split()).casefold()
-    return ANONYMOUS
-
-
-def _rng(exercise: str, student: str) -> random.Random:
-    # A hash, not Python's hash(): the same numbers in every process, on every machine.
-    digest = hashlib.sha256(f"{exercise}\n{student}".encode()).digest()
-    return random.Random(int.from_bytes(digest[:8], "big"))
-
-
-def _caller_namespace() -> dict[str, Any]:
-    # The globals of whoever called the public method (the notebook, in a cell): two frames up from here.
-    return sys._getframe(2).f_globals
-
-
-@dataclass(frozen=True)
-class Result:
-    """The outcome of one check: points earned, out of how many, and what the student should read."""
-
-    exercise: str
-    points: int
-    max_points: int
-    message: str
-
-    @property
-    def passed(self) -> bool:
-        """True when every point was earned."""
-        return self.points == self.max_points
-
-    def __str__(self) -> str:
-        mark = "Correct" if self.passed else "Not yet"
-        return f"{mark} ({self.points}/{self.max_points}) - {self.exercise}: {self.message}"
-
-
-class _Explained(Exception):
-    """A problem already phrased for the student; the answer earns no points."""
-
-
-Numbers = dict[str, Any]
-Marks = tuple[int, list[str]]  # points earned, and what is wrong (empty when nothing is)
-
-
-class Exercise:
-    """One exercise: `question()` prints it with the student's numbers, `check()` grades the notebook's answer,
-    `hint()` prints the next hint (and counts it in `hints_used`)."""
-
-    def __init__(self, name: str, title: str, variable: str, max_points: int, make: Callable[[random.Random], Numbers],
-                 render: Callable[[Numbers], str], check: Callable[[object, Numbers], Marks], hints: list[str]) -> None:
-        self.name, self.title, self.variable, self.max_points = name, title, variable, max_points
-        self._make, self._render, self._check, self._hints = make, render, check, hints
-        self.hints_used = 0  # how many times hint() ran in this Python process (the grader records it)
-
-    def given(self, student: str) -> Numbers:
-        """Return this exercise's numbers for `student` (the same every time)."""
-        return self._make(_rng(self.name, student))
-
-    def text(self, student: str) -> str:
-        """Return the question as `student` reads it."""
-        return self._render(self.given(student))
-
-    def grade(self, answer: object, student: str = ANONYMOUS) -> Result:
-        """Return the Result of `answer` for `student`'s numbers, without printing; never raises."""
-        if answer is None:
-            return Result(self.name, 0, self.max_points, f"not answered yet (assign `{self.variable}` in the answer "
-                                                          "cell above, run it, then run this check again).")
-        try:
-            with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-                warnings.simplefilter("ignore")  # nbgrader gives 0 to a test cell that writes to stderr
-                points, problems = self._check(answer, self.given(student))
-        except _Explained as exc:
-            points, problems = 0, [str(exc)]
-        except UnsupportedLayerError as exc:
-            points, problems = 0, [f"the receptive-field table cannot read your model: {exc}"]
-        except KeyboardInterrupt:  # the grader interrupts a check that runs too long
-            points, problems = 0, ["checking it was stopped because it took too long (does forward() loop?)"]
-        except BaseException as exc:  # a student's module may fail in any way, even sys.exit(): explain
-            points, problems = 0, [f"running your answer raised {type(exc).__name__}: {str(exc)[:300]}"]
-        points = max(0, min(int(points), self.max_points))
-        if points == self.max_points and not problems:
-            return Result(self.name, points, self.max_points, "all requirements met.")
-        return Result(self.name, points, self.max_points, " ".join(problems) or "not all requirements met.")
-
-    def question(self) -> None:
-        """Print the question with the numbers of the notebook's student key."""
-        key = student_key(_caller_namespace())
-        note = " (set STUDENT at the top for your own numbers)" if key == ANONYMOUS else ""
-        print(f"{self.name} · {self.title} ({self.max_points} point{'s' * (self.max_points > 1)}), "
-              f"numbers for student key {key!r}{note}:\n{self.text(key)}")
-
-    def numbers(self) -> Numbers:
-        """Return the numbers of the question for the notebook's student key (a fresh copy)."""
-        return self.given(student_key(_caller_namespace()))
-
-    def check(self, answer: object = ...) -> int:
-        """Print whether the notebook's answer meets the requirements and return the points earned (the cell's value).
-
-        Without an argument the answer is read from the notebook's variable `self.variable`."""
-        namespace = _caller_namespace()
-        if answer is ...:
-            if self.variable not in namespace:
-                print(f"Run the answer cell first (0/{self.max_points}) - {self.name}: `{self.variable}` is not "
-                      "defined yet; run the answer cell above, then this check.")
-                return 0
-            answer = namespace[self.variable]
-        result = self.grade(answer, student_key(namespace))
-        print(result)
-        return result.points
-
-    def hint(self) -> None:
-        """Print the next hint (more specific each time; the last one repeats) and count it."""
-        self.hints_used += 1
-        print(f"Hint {min(self.hints_used, len(self._hints))} of {len(self._hints)}: "
-              f"{self._hints[min(self.hints_used, len(self._hints)) - 1]}")
-
-
-def show_key() -> None:
-    """Print the student key the notebook's numbers derive from."""
-    key = student_key(_caller_namespace())
-    if key == ANONYMOUS:
-        print("Student key: 'anonymous'. Set STUDENT in the cell above to your student id and run it: every question's "
-              "numbers are made from it, and your instructor grades with the same numbers.")
-    else:
-        print(f"Student key: {key!r}. Every question's numbers are made from it; your instructor grades with the "
-              "same numbers.")
-
-
-# --- reading answers: any type, explained ---------------------------------------------------------------
-
-
-def _describe(value: object) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
-
-
-def _scalar(value: object) -> object:
-    if isinstance(value, torch.Tensor) and value.numel() == 1:
-        return value.item()
-    if type(value).__module__ == "numpy" and hasattr(value, "item"):
-        return value.item()  # a numpy number
-    return value
-
-
-def _whole(value: object, what: str) -> int:
-    value = _scalar(value)
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = float(value.replace(",", "").replace("_", "").strip())
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or not float(value).is_integer():
-        raise _Explained(f"{what} should be a whole number such as 42, not {_describe(value)}.")
-    return int(value)
-
-
-def _real(value: object, what: str) -> float:
-    value = _scalar(value)
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            value = float(value.replace(",", "").strip())
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _Explained(f"{what} should be a number such as 1.25, not {_describe(value)}.")
-    return float(value)
-
-
-def _yes_no(value: object, what: str) -> bool:
-    value = _scalar(value)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in {"yes", "no", "true", "false"}:
-        return value.strip().lower() in {"yes", "true"}
-    raise _Explained(f"{what} should be True or False, not {_describe(value)}.")
-
-
-def _pair(value: object, shape: str) -> tuple[object, object]:
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return value[0], value[1]
-    raise _Explained(f"the answer should be a pair {shape}, not {_describe(value)}.")
-
-
-def _parts(*parts: tuple[Callable[[], bool], str]) -> Marks:
-    """Grade independent parts, one point each; a part whose value cannot be read explains why and earns 0."""
-    points, problems = 0, []
-    for test, problem in parts:
-        try:
-            if test():
-                points += 1
-            else:
-                problems.append(problem)
-        except _Explained as exc:
-            problems.append(str(exc))
-    return points, problems
-
-
-# --- reading models: any module, explained --------------------------------------------------------------
-
-_REGISTRY_MODULES = ("mnist_lesson.models", "mnist_lesson.explore")
-_ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.PReLU, nn.ReLU6, nn.Hardswish,
-                nn.Mish, nn.SELU, nn.CELU)
-_POINTWISE = (*_ACTIVATIONS, nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.Identity)
-
-
-def _module(answer: object, what: str) -> nn.Module:
-    if not isinstance(answer, nn.Module):
-        raise _Explained(f"your {what} should be a torch nn.Module (for example nn.Sequential(...)), "
-                         f"not a {type(answer).__name__}.")
-    for module in answer.modules():
-        home = type(module).__module__
-        if home in _REGISTRY_MODULES or home == "mnist_lesson" or home.startswith("mnist_lesson."):
-            raise _Explained(
-                f"your {what} is (or contains) the course's own {type(module).__name__} from {home}. This exercise "
-                "asks for a design of your own: build it from torch layers (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, "
-                "...) with what the notebooks showed; the course's models are there to read, not to hand in.")
-    return answer
-
-
-def _leaves(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if not list(m.children())]
-
-
-def _output(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(2, *shape))
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise _Explained(f"your model fails on a batch of shape {(2, *shape)}: {first[:300]}") from None
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor):
-        raise _Explained(f"your model returns a {type(out).__name__}, not a tensor; return the output itself.")
-    return out
-
-
-def _table(model: nn.Module, shape: tuple[int, int, int]) -> LayerTable:
-    try:
-        return layer_table(model, shape)
-    except UnsupportedLayerError:
-        raise
-    except (RuntimeError, ValueError, TypeError, IndexError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise _Explained(f"your model fails on a {'x'.join(map(str, shape))} input: {first[:300]}") from None
-
-
-def _rows_modules(model: nn.Module, table: LayerTable) -> list[tuple[Any, nn.Module]]:
-    named = dict(model.named_modules())
-    return [(row, named[row.name.split(" (call")[0]]) for row in table.rows]
-
-
-def _log_probs(out: torch.Tensor, batch: int = 2) -> str | None:
-    """Return what is wrong with `out` as (batch, 10) log-probabilities, or None."""
-    if tuple(out.shape) != (batch, 10):
-        return (f"for {batch} inputs it returns shape {tuple(out.shape)}; it must return ({batch}, 10), one "
-                "log-probability per class.")
-    if not torch.allclose(out.float().exp().sum(dim=1), torch.ones(batch), atol=1e-3):
-        return "its outputs are not log-probabilities: end with nn.LogSoftmax(dim=1)."
-    return None
-
-
-def _before_flat(table: LayerTable) -> list[Any]:
-    """Return the table's rows before the first Flatten or Linear: the part that still sees a map of pixels."""
-    rows = []
-    for row in table.rows:
-        if row.kind in ("Flatten", "Linear"):
-            break
-        rows.append(row)
-    return rows
-
-
-def _conv_rf(table: LayerTable) -> int:
-    rows = _before_flat(table)
-    return rows[-1].rf if rows else 1
-
-
-def _parameter_problem(model: nn.Module, params: int, budget: int) -> str:
-    heaviest = max(((name, sum(p.numel() for p in m.parameters(recurse=False))) for name, m in model.named_modules()),
-                   key=lambda item: item[1])
-    return (f"it has {params:,} parameters; your budget is fewer than {budget:,} (over by {params - budget + 1:,}; "
-            f"the heaviest layer is {heaviest[0] or 'the model'} with {heaviest[1]:,}).")
 
 
 def _format_stack(layers: list[dict[str, int]], with_padding: bool) -> str:
@@ -400,7 +133,7 @@ def _render_q01(n: Numbers) -> str:
 
 
 def _check_q01(answer: object, n: Numbers) -> Marks:
-    given = _whole(answer, "output_side")
+    given = as_whole(answer, "output_side")
     if given == output_side(n["layers"]):
         return 1, []
     return 0, [f"{given} is not the side that comes out. Follow the side layer by layer; remember that each "
@@ -450,11 +183,11 @@ def _render_q02(n: Numbers) -> str:
 
 def _check_q02(answer: object, n: Numbers) -> Marks:
     rf, jump = rf_and_jump(n["layers"])
-    given_rf, given_jump = _pair(answer, "(RF, JUMP)")
-    return _parts(
-        (lambda: _whole(given_rf, "the RF") == rf,
+    given_rf, given_jump = as_pair(answer, "(RF, JUMP)")
+    return grade_parts(
+        (lambda: as_whole(given_rf, "the RF") == rf,
          f"the RF {given_rf!r} is not right: each layer adds (kernel - 1) x the jump before it."),
-        (lambda: _whole(given_jump, "the jump") == jump,
+        (lambda: as_whole(given_jump, "the jump") == jump,
          f"the jump {given_jump!r} is not right: only strided layers (here the max-pools) multiply it."),
     )
 
@@ -477,7 +210,9 @@ def _make_ex02(rng: random.Random) -> Numbers:
     return {"width": width, "budget": budget, "before_pool": before}
 
 
-def _best_rf_ex02(n: Numbers) -> int:
+def best_rf_for_budget(n: Numbers) -> int:
+    """Return the most receptive field exercise 02's numbers allow: as many bias-free convs of the minimum width
+    as the budget fits, the pool after `before_pool` of them."""
     width, budget = n["width"], n["budget"]
     convs = 1
     while 9 * width + convs * 9 * width * width < budget:  # one more bias-free conv of the minimum width fits
@@ -496,10 +231,10 @@ def _render_ex02(n: Numbers) -> str:
 
 
 def _check_ex02(answer: object, n: Numbers) -> Marks:
-    block = _module(answer, "block")
-    table = _table(block, (1, SIDE, SIDE))
+    block = as_module(answer, "block")
+    table = table_of(block, (1, SIDE, SIDE))
     rules, convs_seen, pools = [], 0, 0
-    for row, module in _rows_modules(block, table):
+    for row, module in rows_with_modules(block, table):
         if isinstance(module, nn.Conv2d):
             if module.kernel_size != (3, 3) or module.stride != (1, 1) or module.dilation != (1, 1) \
                     or module.groups != 1:
@@ -516,7 +251,7 @@ def _check_ex02(answer: object, n: Numbers) -> Marks:
             if convs_seen < n["before_pool"]:
                 rules.append(f"the max-pool comes after {convs_seen} convolution(s); the rules want it after at least "
                              f"{n['before_pool']}.")
-        elif not isinstance(module, _POINTWISE):
+        elif not isinstance(module, POINTWISE):
             rules.append(f"layer {row.name} ({row.kind}) is not allowed here: only 3x3 convolutions, activations, "
                          "BatchNorm2d, dropout and one nn.MaxPool2d(2).")
     if pools > 1:
@@ -524,11 +259,11 @@ def _check_ex02(answer: object, n: Numbers) -> Marks:
     if convs_seen == 0:
         rules.append("it has no convolution.")
     if rules:
-        raise _Explained(" ".join(dict.fromkeys(rules)))
+        raise Explained(" ".join(dict.fromkeys(rules)))
     params = count_parameters(block)
     if params >= n["budget"]:
-        raise _Explained(_parameter_problem(block, params, n["budget"]))
-    best, rf = _best_rf_ex02(n), table.final_rf
+        raise Explained(parameter_problem(block, params, n["budget"]))
+    best, rf = best_rf_for_budget(n), table.final_rf
     if rf >= best:
         return 3, []
     points = 2 if rf >= best - 4 else 1
@@ -567,7 +302,7 @@ def _render_q03(n: Numbers) -> str:
 
 
 def _check_q03(answer: object, n: Numbers) -> Marks:
-    given = _whole(answer, "saving")
+    given = as_whole(answer, "saving")
     if given == _saving(n):
         return 1, []
     if given == -_saving(n):
@@ -597,9 +332,9 @@ def _render_ex03(n: Numbers) -> str:
 
 def _check_ex03(answer: object, n: Numbers) -> Marks:
     a, b, side = n["c_in"], n["c_out"], n["side"]
-    block = _module(answer, "transition")
-    out = _output(block, (a, side, side))
-    table = _table(block, (a, side, side))
+    block = as_module(answer, "transition")
+    out = output_on_zeros(block, (a, side, side))
+    table = table_of(block, (a, side, side))
     shape_ok = tuple(out.shape[1:]) == (b, side // 2, side // 2)
     problems = [] if shape_ok else [f"it turns the {a}x{side}x{side} map into {'x'.join(map(str, out.shape[1:]))}; "
                                     f"it must give {b}x{side // 2}x{side // 2}."]
@@ -639,7 +374,7 @@ def _render_q04(n: Numbers) -> str:
 
 
 def _check_q04(answer: object, n: Numbers) -> Marks:
-    given = _whole(answer, "layer_params")
+    given = as_whole(answer, "layer_params")
     conv = n["k"] ** 2 * n["c_in"] * n["c_out"]
     expected = conv + 3 * n["c_out"]
     if given == expected:
@@ -684,18 +419,18 @@ class _StartsFromBlock(Exercise):
 
     def start(self) -> nn.Sequential:
         """Return a fresh copy of the starting block for the notebook's student key."""
-        return start_block(self.given(student_key(_caller_namespace()))["widths"])
+        return start_block(self.given(student_key(caller_namespace()))["widths"])
 
 
 def _check_ex04(answer: object, n: Numbers) -> Marks:
-    block = _module(answer, "bn_block")
-    table = _table(block, (1, SIDE, SIDE))
-    rows = _rows_modules(block, table)
+    block = as_module(answer, "bn_block")
+    table = table_of(block, (1, SIDE, SIDE))
+    rows = rows_with_modules(block, table)
     convs = [(i, m) for i, (_, m) in enumerate(rows) if isinstance(m, nn.Conv2d)]
     widths = n["widths"]
     wanted = [(c_out, c_in, 3, 3) for c_in, c_out in zip([1, *widths[:-1]], widths, strict=True)]
     if [tuple(m.weight.shape) for _, m in convs] != wanted:
-        raise _Explained("keep the three convolutions of ex04.start() as they are: "
+        raise Explained("keep the three convolutions of ex04.start() as they are: "
                          + ", ".join(f"{c_in}->{c_out} 3x3" for c_out, c_in, _, _ in wanted) + ".")
     problems = []
     for number, (i, conv) in enumerate(convs, start=1):
@@ -744,7 +479,7 @@ def _render_q05(n: Numbers) -> str:
 
 
 def _check_q05(answer: object, n: Numbers) -> Marks:
-    given, expected = _real(answer, "dropout_scale"), 1 / (1 - n["p"])
+    given, expected = as_real(answer, "dropout_scale"), 1 / (1 - n["p"])
     if abs(given - expected) <= 0.006:
         return 1, []
     if abs(given - 1) < 1e-9:
@@ -777,11 +512,11 @@ def _render_ex06(n: Numbers) -> str:
 
 def _check_ex06(answer: object, n: Numbers) -> Marks:
     c, side = n["channels"], n["side"]
-    head = _module(answer, "head")
-    out = _output(head, (c, side, side))
-    problems = [problem for problem in [_log_probs(out)] if problem]
-    table = _table(head, (c, side, side))
-    pooled = [row for row in _before_flat(table) if row.kind in ("AvgPool2d", "AdaptiveAvgPool2d")
+    head = as_module(answer, "head")
+    out = output_on_zeros(head, (c, side, side))
+    problems = [problem for problem in [log_probs_problem(out)] if problem]
+    table = table_of(head, (c, side, side))
+    pooled = [row for row in rows_before_flat(table) if row.kind in ("AvgPool2d", "AdaptiveAvgPool2d")
               and row.out_shape[-2:] == (1, 1)]
     if not pooled:
         problems.append(f"it has no global average pooling (an average pool that turns the {side}x{side} map into "
@@ -789,7 +524,7 @@ def _check_ex06(answer: object, n: Numbers) -> Marks:
     params = count_parameters(head)
     if params > 10 * c + 10:
         problems.append(f"it has {params:,} parameters; at most {10 * c + 10:,} allowed.")
-    return int(not _log_probs(out)) + int(bool(pooled) and params <= 10 * c + 10), problems
+    return int(not log_probs_problem(out)) + int(bool(pooled) and params <= 10 * c + 10), problems
 
 
 ex06 = Exercise("ex06", "a global-average-pooling head", "head", 2, _make_ex06, _render_ex06, _check_ex06, [
@@ -828,11 +563,11 @@ def _check_q07a(answer: object, n: Numbers) -> Marks:
     before, after = n["before"], n["after"]
     difference = statistics.mean(after) - statistics.mean(before)
     clear = min(after) > max(before) or max(after) < min(before)
-    given_difference, given_clear = _pair(answer, "(DIFFERENCE, True or False)")
-    return _parts(
-        (lambda: abs(_real(given_difference, "the difference") - difference) <= 0.011,
+    given_difference, given_clear = as_pair(answer, "(DIFFERENCE, True or False)")
+    return grade_parts(
+        (lambda: abs(as_real(given_difference, "the difference") - difference) <= 0.011,
          f"the difference {given_difference!r} is not right: the mean of the seeds after minus the mean before."),
-        (lambda: _yes_no(given_clear, "the verdict") == clear,
+        (lambda: as_yes_no(given_clear, "the verdict") == clear,
          "the verdict is not right: by the course's rule a difference counts only when every seed of one design beats "
          "every seed of the other."),
     )
@@ -875,11 +610,11 @@ def _check_q07b(answer: object, n: Numbers) -> Marks:
     if isinstance(answer, str):
         answer = [c for c in answer if c.isalpha()]
     if not isinstance(answer, set | frozenset | list | tuple) or not all(isinstance(x, str) for x in answer):
-        raise _Explained(f"label_keeping should be a set of letters such as {{'a', 'c'}}, not {_describe(answer)}.")
+        raise Explained(f"label_keeping should be a set of letters such as {{'a', 'c'}}, not {describe(answer)}.")
     given = {x.strip().lower() for x in answer}
     unknown = sorted(given - set(n["options"]))
     if unknown:
-        raise _Explained(f"{', '.join(unknown)} is not one of the options a to e.")
+        raise Explained(f"{', '.join(unknown)} is not one of the options a to e.")
     if given == _keeps(n):
         return 1, []
     return 0, [f"not quite: {len(given - _keeps(n))} of your letters change some digit's label, and you left out "
@@ -917,11 +652,11 @@ def _render_q07c(n: Numbers) -> str:
 
 def _check_q07c(answer: object, n: Numbers) -> Marks:
     steps = _steps(n)
-    given_steps, given_peak = _pair(answer, "(STEPS, PEAK_STEP)")
-    return _parts(
-        (lambda: _whole(given_steps, "the number of steps") == steps,
+    given_steps, given_peak = as_pair(answer, "(STEPS, PEAK_STEP)")
+    return grade_parts(
+        (lambda: as_whole(given_steps, "the number of steps") == steps,
          f"{given_steps!r} is not the number of steps: one per batch, every epoch, counting the last smaller batch."),
-        (lambda: abs(_whole(given_peak, "the peak step") - 0.3 * steps) <= 1.5,  # counted from 0 or 1, rounded
+        (lambda: abs(as_whole(given_peak, "the peak step") - 0.3 * steps) <= 1.5,  # counted from 0 or 1, rounded
          f"{given_peak!r} is not where the rate peaks: OneCycleLR warms up for a fixed share of all the steps "
          "(its pct_start)."),
     )
@@ -946,8 +681,8 @@ SMALL_ACCURACY = 20.0  # % after the smoke training: chance is 10%, a good small
 
 def _smoke_accuracy(model: nn.Module) -> float:
     """Train a re-initialized copy of `model` briefly (smoke mode, seed 0) and return its test accuracy in %."""
-    from mnist_lesson.config import Recipe
-    from mnist_lesson.runs import TrainingStopped, pick_device, train_recipe
+    # Imported here, not at the top: training pulls in the data pipeline, which only ex07's and ex08's checks need.
+    from mnist_lesson.runs import TrainingStopped, train_recipe
 
     def trainable_copy() -> nn.Module:
         trial = copy.deepcopy(model)
@@ -965,14 +700,14 @@ def _smoke_accuracy(model: nn.Module) -> float:
         _, history = train_recipe(trainable_copy, Recipe(epochs=1, lr=0.01, batch_size=128), device=pick_device(),
                                   seed=0, progress=False, smoke=True)
     except TrainingStopped as stop:
-        raise _Explained(f"its training stopped: {stop.reason}.") from None
+        raise Explained(f"its training stopped: {stop.reason}.") from None
     return history.epochs[-1]["test_acc"]
 
 
 def advice(model: nn.Module) -> str:
     """Return advice for a model that does not learn, matched to what the model already has."""
-    leaves = _leaves(model)
-    if not any(isinstance(m, _ACTIVATIONS) for m in leaves):
+    leaves = leaf_modules(model)
+    if not any(isinstance(m, ACTIVATIONS) for m in leaves):
         return ("It has no activation (nn.ReLU) between its layers: without one, stacked convolutions are a single "
                 "linear map.")
     rates = sorted({m.p for m in leaves if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0.25})
@@ -990,12 +725,12 @@ def advice(model: nn.Module) -> str:
 
 
 def _small_model(answer: object, n: Numbers, what: str, separable: bool, learn_points: int) -> Marks:
-    model = _module(answer, what)
-    leaves = _leaves(model)
+    model = as_module(answer, what)
+    leaves = leaf_modules(model)
     convs = [m for m in leaves if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
     if not convs:
         kinds = " -> ".join(type(m).__name__ for m in leaves[:6])
-        raise _Explained(f"your {what} ({kinds}) has no convolution with a kernel larger than 1x1, so it sees pixels, "
+        raise Explained(f"your {what} ({kinds}) has no convolution with a kernel larger than 1x1, so it sees pixels, "
                          "not shapes; a logistic regression or an MLP learns MNIST too, but this exercise asks for a "
                          "convolutional network whose receptive field grows through convolutions and pooling.")
     if separable:
@@ -1003,19 +738,19 @@ def _small_model(answer: object, n: Numbers, what: str, separable: bool, learn_p
                  and m.kernel_size == (3, 3) and any(isinstance(x, nn.Conv2d) for x in leaves[i + 1:])
                  and next(x for x in leaves[i + 1:] if isinstance(x, nn.Conv2d)).kernel_size == (1, 1)]
         if len(pairs) < 2:
-            raise _Explained("it needs at least two depthwise-separable convolutions: a 3x3 conv with groups equal to "
+            raise Explained("it needs at least two depthwise-separable convolutions: a 3x3 conv with groups equal to "
                              "its input channels, followed by a 1x1 conv that mixes the channels.")
-    problem = _log_probs(_output(model, (1, SIDE, SIDE)))
+    problem = log_probs_problem(output_on_zeros(model, (1, SIDE, SIDE)))
     if problem:
-        raise _Explained(problem)
-    table = _table(model, (1, SIDE, SIDE))
+        raise Explained(problem)
+    table = table_of(model, (1, SIDE, SIDE))
     params, problems = count_parameters(model), []
     under = params < n["budget"]
     if not under:
-        problems.append(_parameter_problem(model, params, n["budget"]))
-    covers = _conv_rf(table) >= SIDE
+        problems.append(parameter_problem(model, params, n["budget"]))
+    covers = conv_rf(table) >= SIDE
     if not covers:
-        problems.append(f"before any Flatten or Linear its receptive field reaches {_conv_rf(table)} pixels; the "
+        problems.append(f"before any Flatten or Linear its receptive field reaches {conv_rf(table)} pixels; the "
                         f"convolutions and pooling must cover the {SIDE}x{SIDE} digit (a Linear layer that sees every "
                         "pixel does not count).")
     points = int(under) + int(covers)
@@ -1071,11 +806,11 @@ def _render_q08(n: Numbers) -> str:
 
 def _check_q08(answer: object, n: Numbers) -> Marks:
     a, b = n["c_in"], n["c_out"]
-    plain, separable = _pair(answer, "(PLAIN, SEPARABLE)")
-    return _parts(
-        (lambda: _whole(plain, "the plain count") == 9 * a * b,
+    plain, separable = as_pair(answer, "(PLAIN, SEPARABLE)")
+    return grade_parts(
+        (lambda: as_whole(plain, "the plain count") == 9 * a * b,
          f"{plain!r} is not the plain conv's count: every output channel has a 3x3 filter for every input channel."),
-        (lambda: _whole(separable, "the separable count") == 9 * a + a * b,
+        (lambda: as_whole(separable, "the separable count") == 9 * a + a * b,
          f"{separable!r} is not the separable pair's count: one 3x3 filter per input channel, then the 1x1 mix."),
     )
 

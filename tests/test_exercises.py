@@ -1,11 +1,11 @@
-"""Exercise checks, per-student numbers, hints, and the student version of the exercise notebook."""
+"""The exercises (mnist_lesson.grading.exercises): checks, per-student numbers, hints, the grader's private copy;
+and the student version of the exercise notebook (mnist_lesson.grading.student_notebook)."""
 
 from __future__ import annotations
 
 import math
 import re
 import sys
-import types
 from pathlib import Path
 
 import nbformat
@@ -13,12 +13,29 @@ import pytest
 import torch
 from torch import nn
 
-from mnist_lesson import checks
 from mnist_lesson.budget import count_parameters
-from mnist_lesson.checks import EXERCISES, PRELUDE, ex02, ex03, ex04, ex06, ex07, ex08, q01, q02, q07a, q07c
 from mnist_lesson.colab import badge
-from mnist_lesson.exercises import BEGIN, END, student_version, write_student_version
 from mnist_lesson.explore import KnobNet, Knobs
+from mnist_lesson.grading.contract import Checks
+from mnist_lesson.grading.exercise import STUDENT_ENV, Exercise, Result, student_key
+from mnist_lesson.grading.exercises import (
+    EXERCISES,
+    PRELUDE,
+    advice,
+    best_rf_for_budget,
+    ex02,
+    ex03,
+    ex04,
+    ex06,
+    ex07,
+    ex08,
+    q01,
+    q02,
+    q07a,
+    q07c,
+)
+from mnist_lesson.grading.grader import PRIVATE_COPY
+from mnist_lesson.grading.student_notebook import BEGIN, END, student_version, write_student_version
 from mnist_lesson.models import conv_block, get_model, transition_block
 from mnist_lesson.receptive_field import layer_table
 
@@ -51,11 +68,11 @@ def solutions(key: str, names: list[str] | None = None) -> dict[str, object]:
 # --- correct answers, from the instructor's notebook, for several students --------------------------------
 
 
-@pytest.mark.parametrize("key", [KEY, "anonymous", "Bob Smith"])
+@pytest.mark.parametrize("key", [pytest.param(KEY, marks=pytest.mark.slow), "anonymous", "Bob Smith"])  # KEY trains
 def test_the_solutions_earn_full_points_for_every_student(key: str) -> None:
     names = [n for n in EXERCISES if n not in TRAINS or key == KEY]  # training twice per key is slow
     for name, answer in solutions(key, names).items():
-        result = EXERCISES[name].grade(answer, checks.student_key({"STUDENT": key}))
+        result = EXERCISES[name].grade(answer, student_key({"STUDENT": key}))
         assert result.passed and result.points == EXERCISES[name].max_points, (name, result.message)
 
 
@@ -77,11 +94,11 @@ def test_points_reflect_effort() -> None:
 
 
 def test_student_key_comes_from_the_notebook_then_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(checks.STUDENT_ENV, raising=False)
-    assert {checks.student_key(namespace) for namespace in ({}, {"STUDENT": "  "}, {"STUDENT": 7})} == {"anonymous"}
-    assert checks.student_key({"STUDENT": "  Alice   Smith "}) == "alice smith"
-    monkeypatch.setenv(checks.STUDENT_ENV, "Bob")
-    assert checks.student_key({}) == "bob" and checks.student_key({"STUDENT": "alice"}) == "alice"
+    monkeypatch.delenv(STUDENT_ENV, raising=False)
+    assert {student_key(namespace) for namespace in ({}, {"STUDENT": "  "}, {"STUDENT": 7})} == {"anonymous"}
+    assert student_key({"STUDENT": "  Alice   Smith "}) == "alice smith"
+    monkeypatch.setenv(STUDENT_ENV, "Bob")
+    assert student_key({}) == "bob" and student_key({"STUDENT": "alice"}) == "alice"
 
 
 @pytest.mark.parametrize("name", list(EXERCISES))
@@ -240,7 +257,7 @@ def test_numeric_answers_are_read_kindly() -> None:
 
 def test_the_most_receptive_field_for_the_budget_earns_by_tiers() -> None:
     n = ex02.given(KEY)  # width 12, budget 5,528, the pool after at least 1 conv: 5 convs fit, RF 20 at best
-    width, best = n["width"], checks._best_rf_ex02(n)
+    width, best = n["width"], best_rf_for_budget(n)
     assert (width, n["before_pool"], best) == (12, 1, 20)
     assert ex02.grade(nn.Sequential(*plain_convs([width] * 5, pool_after=1)), KEY).points == 3
     late = ex02.grade(nn.Sequential(*plain_convs([width] * 5, pool_after=2)), KEY)
@@ -325,7 +342,7 @@ LOGISTIC = nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.LogSoftmax(dim=1))
 
 
 @pytest.mark.parametrize("exercise", [ex07, ex08], ids=lambda e: e.name)
-def test_cheap_small_models_are_refused_kindly(exercise: checks.Exercise) -> None:
+def test_cheap_small_models_are_refused_kindly(exercise: Exercise) -> None:
     result = exercise.grade(LOGISTIC, KEY)
     assert result.points == 0 and "logistic regression" in result.message and "convolutional" in result.message
     for course in (get_model("under5k"), get_model("under3762"), KnobNet(Knobs(widths=((4, 4), (4, 4))))):
@@ -349,6 +366,7 @@ def test_the_rf_must_come_from_convolutions_not_a_linear_layer() -> None:
     assert result.points == 1 and "before any Flatten or Linear its receptive field reaches 8 pixels" in result.message
 
 
+@pytest.mark.slow  # ten students' layer tables
 def test_an_old_one_liner_model_over_the_budget_gets_no_training() -> None:
     old = nn.Sequential(conv_block(1, 8, padding=1), conv_block(8, 12), conv_block(12, 16), nn.MaxPool2d(2),
                         conv_block(16, 8, kernel_size=1), conv_block(8, 12), conv_block(12, 16), conv_block(16, 12),
@@ -371,16 +389,17 @@ def small_net(batch_norm: bool, dropout: float = 0.0) -> nn.Sequential:
 
 
 def test_advice_matches_the_model() -> None:
-    assert "Batch normalization after the convolutions helps" in checks.advice(small_net(batch_norm=False))
-    with_bn = checks.advice(small_net(batch_norm=True))
+    assert "Batch normalization after the convolutions helps" in advice(small_net(batch_norm=False))
+    with_bn = advice(small_net(batch_norm=True))
     assert "already has batch normalization" in with_bn and "helps a fresh network" not in with_bn
-    assert "dropout rate(s) 0.9 " in checks.advice(small_net(batch_norm=True, dropout=0.9))
+    assert "dropout rate(s) 0.9 " in advice(small_net(batch_norm=True, dropout=0.9))
     linear = nn.Sequential(nn.Conv2d(1, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 8, 3))
-    assert "no activation" in checks.advice(linear)
+    assert "no activation" in advice(linear)
     narrow = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.BatchNorm2d(2))
-    assert "bottleneck" in checks.advice(narrow)
+    assert "bottleneck" in advice(narrow)
 
 
+@pytest.mark.slow  # trains
 def test_a_model_that_does_not_learn_gets_advice_for_what_it_lacks() -> None:
     stuck = ex07.grade(small_net(batch_norm=True, dropout=0.9), KEY)
     assert stuck.points == 2 and "not learning yet" in stuck.message
@@ -495,20 +514,26 @@ def test_hints_never_hold_the_answer(name: str) -> None:
 # --- the private copy the grader runs ------------------------------------------------------------------------
 
 
-def test_the_checks_work_when_execed_into_a_fresh_module() -> None:
-    source = Path(checks.__file__).read_text()
-    module = types.ModuleType("_private_checks")
-    sys.modules[module.__name__] = module  # dataclasses look their module up here, as in the grader
-    try:
-        exec(compile(source, "mnist_lesson/checks.py", "exec"), module.__dict__)
-        answers = solutions(KEY, ["q02", "ex04"])
-        for name, answer in answers.items():
-            private, public = module.EXERCISES[name].grade(answer, KEY), EXERCISES[name].grade(answer, KEY)
-            assert (private.points, private.max_points, private.message) == \
-                (public.points, public.max_points, public.message) and private.passed
-        assert module.EXERCISES["ex02"].grade(CHEAP_EX02["1-channel convs"], KEY).points == 0
-    finally:
-        del sys.modules[module.__name__]
+def test_the_exercises_work_as_the_graders_private_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    namespace: dict[str, object] = {}
+    exec(PRIVATE_COPY, namespace)  # what the grading kernel runs before any answer cell
+    sources = Checks.load().sources
+    assert [name for name, _ in sources] == ["mnist_lesson.grading.exercise", "mnist_lesson.grading.exercises"]
+    module = namespace["private_copy"](sources, "_private_checks_")
+    answers = solutions(KEY, ["q02", "ex04"])
+    public = {name: EXERCISES[name].grade(answer, KEY) for name, answer in answers.items()}
+    # An answer cell that replaces the public machinery (the Exercise class the exercises are made of) reaches
+    # none of the copy: the copy's exercises are made of the copy's own Exercise.
+    monkeypatch.setattr(Exercise, "grade", lambda self, answer, student="": Result(self.name, self.max_points,
+                                                                                    self.max_points, "forged"))
+    assert EXERCISES["q02"].grade(None, KEY).message == "forged"
+    for name, answer in answers.items():
+        private = module.EXERCISES[name].grade(answer, KEY)
+        assert (private.points, private.max_points, private.message) == \
+            (public[name].points, public[name].max_points, public[name].message) and private.passed
+    assert module.EXERCISES["ex02"].grade(CHEAP_EX02["1-channel convs"], KEY).points == 0
+    assert module.EXERCISES["q02"].grade(None, KEY).message.startswith("not answered yet")
+    assert "_private_checks_0" not in sys.modules and "_private_checks_1" not in sys.modules
 
 
 # --- the notebooks: nbgrader metadata, the student version ---------------------------------------------------
@@ -604,11 +629,3 @@ def test_the_stored_student_version_shows_no_tracebacks() -> None:
     assert len(checked) == len(EXERCISES)
     assert all("not answered yet" in "".join(o.get("text", "") for o in c.outputs) for c in checked)
 
-
-def test_the_readme_lists_every_exercise_with_its_points() -> None:
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### Exercises"):readme.index("### Grading")]
-    total = sum(exercise.max_points for exercise in EXERCISES.values())
-    assert f"has {len(EXERCISES)} exercises worth {total} points" in section
-    rows = re.findall(r"^\| `(\w+)` \| (\d+) \|", section, re.MULTILINE)
-    assert rows == [(name, str(exercise.max_points)) for name, exercise in EXERCISES.items()]

@@ -17,6 +17,16 @@ from pathlib import Path
 
 import nbformat
 
+from mnist_lesson.colab import (
+    COLAB_METADATA,
+    DEVICE_MARKER,
+    SETUP_MARKER,
+    badge,
+    device_source,
+    notebook_folder,
+    setup_source,
+)
+
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 SOURCE = Path("instructor/exercises.ipynb")
 TARGET = Path("notebooks/exercises.ipynb")
@@ -46,8 +56,6 @@ def _lock(cell: nbformat.NotebookNode) -> None:
 
 
 def _add_colab(nb: nbformat.NotebookNode, name: str, badge_line: str) -> None:
-    from mnist_lesson.colab import COLAB_METADATA, DEVICE_MARKER, SETUP_MARKER, device_source, setup_source
-
     title = nb.cells[0].source.splitlines() if nb.cells and nb.cells[0].cell_type == "markdown" else []
     if not title:
         raise ValueError("the source notebook must start with a markdown cell (its title) for the Colab badge")
@@ -83,10 +91,9 @@ def student_version(source: nbformat.NotebookNode, badge_line: str | None = None
 
 def write_student_version(source: Path = SOURCE, target: Path = TARGET) -> Path:
     """Write the student version of the notebook at `source` to `target` (badge and Colab cells for `target`)."""
-    from mnist_lesson.colab import _folder, badge
-
     target = Path(target)
-    nb = student_version(nbformat.read(source, as_version=4), badge(target.name, _folder(target)), target.name)
+    nb = student_version(nbformat.read(source, as_version=4), badge(target.name, notebook_folder(target)),
+                         target.name)
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, target)
     return target
