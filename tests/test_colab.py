@@ -52,7 +52,7 @@ def test_the_evidence_each_notebook_shows_ships_with_the_wheel(installed: Studen
     wanted = sorted({name for lesson in LESSONS for name in lesson.evidence})
     found = isolated_python(installed, "import json; from mnist_lesson.records import evidence; "
                                        f"print(json.dumps([evidence(n).is_file() for n in {wanted!r}]))")
-    missing = [name for name, ok in zip(wanted, json.loads(found)) if not ok]
+    missing = [name for name, ok in zip(wanted, json.loads(found), strict=True) if not ok]
     assert not missing, f"mnist_lesson/course.py lists evidence the installed package lacks: {missing}"
 
 

@@ -41,7 +41,7 @@ def test_notebook_paths_run_lessons_in_order_then_the_exercises() -> None:
 def test_the_table_has_a_row_per_lesson_with_its_models() -> None:
     rows = notebooks_table().splitlines()[2:]
     assert len(rows) == len(LESSONS)
-    for row, entry in zip(rows, LESSONS):
+    for row, entry in zip(rows, LESSONS, strict=True):
         assert row.startswith(f"| `{entry.notebook}` |")
         assert all(f"`{name}`" in row for name in entry.models)
 
