@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from mnist_lesson.config import smoke_mode
-from mnist_lesson.runs import describe_device, set_cpu_threads
+from mnist_lesson.device import describe_device, set_cpu_threads
 
 REPO = Path(__file__).resolve().parents[1]
 

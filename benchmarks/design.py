@@ -20,8 +20,9 @@ import time
 import torch
 from common import locked, refuse_smoke_mode, set_threads
 
+from mnist_lesson.device import pick_device
 from mnist_lesson.records import DESIGN_RUNS, append_design_run, evidence, read_design_runs, run_matches
-from mnist_lesson.runs import pick_device, train_recipe
+from mnist_lesson.runs import train_recipe
 from mnist_lesson.studies import STUDIES
 
 

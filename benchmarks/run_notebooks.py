@@ -19,8 +19,8 @@ from common import REPO, locked, refuse_smoke_mode
 from nbclient import NotebookClient
 
 from mnist_lesson.course import notebook_paths
+from mnist_lesson.device import describe_device, pick_device, set_cpu_threads
 from mnist_lesson.records import NOTEBOOK_TIMES, evidence, record_notebook_time
-from mnist_lesson.runs import describe_device, pick_device, set_cpu_threads
 
 TIMES = evidence(NOTEBOOK_TIMES)
 

@@ -24,9 +24,11 @@ from common import locked, refuse_smoke_mode, set_threads
 
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import Recipe, Speed
-from mnist_lesson.models import get_model, get_recipe
+from mnist_lesson.device import pick_device
+from mnist_lesson.models import get_model
+from mnist_lesson.recipes import get_recipe
 from mnist_lesson.records import read_json, seeds_path, summarize_seeds, write_json
-from mnist_lesson.runs import pick_device, train_recipe
+from mnist_lesson.runs import train_recipe
 
 
 @contextmanager

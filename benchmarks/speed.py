@@ -31,9 +31,10 @@ import torch
 from common import refuse_smoke_mode, set_threads, where
 
 from mnist_lesson.config import Speed
-from mnist_lesson.models import get_recipe
+from mnist_lesson.device import describe_device, native_bf16, pick_device
+from mnist_lesson.recipes import get_recipe
 from mnist_lesson.records import evidence, steady_seconds, summarize_speed, write_json
-from mnist_lesson.runs import describe_device, native_bf16, pick_device, train_recipe
+from mnist_lesson.runs import train_recipe
 
 BASELINE = "assignment's DataLoader"
 ASSIGNMENT_WAY = Speed(data="dataloader", channels_last=False)

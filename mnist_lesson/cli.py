@@ -11,12 +11,26 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from mnist_lesson.budget import count_parameters, parameter_report
-from mnist_lesson.config import BUDGET, LAST_EPOCHS, MAX_EPOCHS, SMOKE_LIMITS, TARGET, UsageError, smoke_mode
+from mnist_lesson.config import (
+    BUDGET,
+    LAST_EPOCHS,
+    MAX_EPOCHS,
+    SMOKE_LIMITS,
+    TARGET,
+    Recipe,
+    Speed,
+    UsageError,
+    smoke_mode,
+)
 from mnist_lesson.data import DataError, check_root, ensure_mnist
-from mnist_lesson.models import LADDER, MODELS, get_model, get_recipe
+from mnist_lesson.device import describe_device, pick_device, set_cpu_threads
+from mnist_lesson.models import LADDER, MODELS, get_model
+from mnist_lesson.receptive_field import layer_table
+from mnist_lesson.recipes import get_recipe
 
 EXIT_USAGE, EXIT_INTERRUPTED = 2, 130
 
@@ -113,17 +127,9 @@ def verdict(name: str, params: int, test_accs: Sequence[float], epochs_planned: 
 
 
 def _train(args: argparse.Namespace) -> int:
-    # Imported here so that the other commands skip torch's and matplotlib's start-up cost.
-    from mnist_lesson.config import Speed
+    # Imported here so that the other commands skip torchvision's and matplotlib's start-up cost.
     from mnist_lesson.plots import plot_history
-    from mnist_lesson.runs import (
-        TrainingStopped,
-        describe_device,
-        pick_device,
-        save_checkpoint,
-        set_cpu_threads,
-        train_recipe,
-    )
+    from mnist_lesson.runs import TrainingStopped, save_checkpoint, train_recipe
 
     start = time.perf_counter()
     smoke = smoke_mode()
@@ -163,8 +169,6 @@ def _train(args: argparse.Namespace) -> int:
 
 def summary_text(name: str, limit: int) -> str:
     """Return a registered model's layer table and its parameter report (`python -m mnist_lesson summary`)."""
-    from mnist_lesson.receptive_field import layer_table
-
     model = get_model(name)
     return f"model {name}\n{layer_table(model).to_text()}\n\n{parameter_report(model, limit)}"
 
@@ -228,9 +232,28 @@ def submissions_folder(text: str) -> Path:
     return path
 
 
+def recipe_cells(recipe: Recipe) -> list[str]:
+    """Return a recipe as cells of `list`: epochs, batch size, schedule, peak learning rate, augmentation, average."""
+    augment = ", ".join(f"{f.name} {getattr(recipe.augment, f.name):g}" for f in fields(recipe.augment)
+                        if getattr(recipe.augment, f.name))
+    average = f"decay {recipe.ema:g}" if recipe.ema else "none"
+    return [str(recipe.epochs), str(recipe.batch_size), recipe.schedule, f"{recipe.lr:g}", augment or "none", average]
+
+
+def list_table() -> str:
+    """Return the table of `python -m mnist_lesson list`: every registered model, its parameters and its recipe."""
+    header = ["model", "parameters", "epochs", "batch", "schedule", "peak lr", "augmentation", "weight average"]
+    rows = [header, *([name, f"{count_parameters(get_model(name)):,}", *recipe_cells(get_recipe(name))]
+                      for name in MODELS)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    numbers = {1, 2, 3, 5}  # right-aligned columns
+    return "\n".join("  ".join(cell.rjust(width) if i in numbers else cell.ljust(width)
+                               for i, (cell, width) in enumerate(zip(row, widths, strict=True))).rstrip()
+                     for row in rows)
+
+
 def _list(args: argparse.Namespace) -> int:
-    for name in MODELS:
-        print(f"{name:12s} {count_parameters(get_model(name)):>9,} parameters")
+    print(list_table())
     return 0
 
 
@@ -302,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--redo", action="store_true", help="grade again students already in the gradebook")
     grade.set_defaults(run=_grade)
 
-    listing = commands.add_parser("list", help="list registered models and their parameter counts")
+    listing = commands.add_parser("list", help="list registered models, their parameter counts and their recipes")
     listing.set_defaults(run=_list)
     return parser
 

@@ -70,7 +70,7 @@ def device_source(notebook: str) -> str:
         f"{DEVICE_MARKER} (they are from one full run, top to bottom),",
         "# and on a CPU how long a full run of this notebook took when it was recorded.",
         "from mnist_lesson.colab import runtime_note",
-        "from mnist_lesson.runs import pick_device, set_cpu_threads",
+        "from mnist_lesson.device import pick_device, set_cpu_threads",
         "",
         "device = pick_device()",
         "set_cpu_threads()",
@@ -90,7 +90,7 @@ def runtime_note(notebook: str, device: Any) -> str:
     """Return what this notebook runs on and, on a CPU, how long it took there when recorded and how to switch."""
     import torch
 
-    from mnist_lesson.runs import describe_device
+    from mnist_lesson.device import describe_device
 
     lines = [f"torch {torch.__version__}, running on {describe_device(device)}"]
     if device.type != "cpu":

@@ -1,4 +1,9 @@
-"""Follow a single forward pass and refuse data flow that is not one chain, or functional ops that mix pixels."""
+"""Follow a single forward pass and refuse data flow that is not one chain, or functional ops that mix pixels.
+
+`trace_forward` runs the pass and returns the leaf modules' calls in order (`LayerCall`), which
+`receptive_field.layer_table` turns into rows; every refusal is an `UnsupportedLayerError` that ends with
+`CHAIN_ADVICE`. Introduced in notebook 02.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ class UnsupportedLayerError(ValueError):
 
 
 @dataclass(frozen=True)
-class _Call:
+class LayerCall:
     """What a forward hook saw: one call of a leaf module (shapes without the batch dimension)."""
 
     name: str
@@ -24,7 +29,7 @@ class _Call:
     out_shape: tuple[int, ...] | None
 
 
-_CHAIN_ADVICE = (
+CHAIN_ADVICE = (
     "The receptive-field table follows a single chain of nn.Module layers, each taking the previous one's output "
     "(F.relu, x.flatten(1) and scalar arithmetic between them are fine); it does not follow branches, skip "
     "connections or functional pooling. Use modules in one chain, or work out the RF by hand (Araujo et al. 2019)."
@@ -54,7 +59,7 @@ _ELEMENTWISE = frozenset({
     "sqrt", "sqrt_", "rsqrt", "square", "clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_max", "maximum",
     "minimum", "where", "gt", "ge", "lt", "le", "eq", "ne", "__setitem__",
 })
-_SOFTMAX_MODULES = {"softmax": "Softmax", "log_softmax": "LogSoftmax", "softmin": "Softmin"}
+SOFTMAX_MODULES = {"softmax": "Softmax", "log_softmax": "LogSoftmax", "softmin": "Softmin"}
 _FACTORIES = frozenset({
     "zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "new_zeros", "new_ones",
     "new_full", "new_empty",
@@ -71,10 +76,10 @@ _MODULE_FOR = {  # functional op -> the module that gives the table a row for it
 
 
 @dataclass(frozen=True)
-class _Trace:
+class ForwardTrace:
     """What one traced forward pass saw."""
 
-    calls: list[_Call]  # the leaf modules in the order they ran
+    calls: list[LayerCall]  # the leaf modules in the order they ran
     flat_softmaxes: list[tuple[int, str]]  # (index of the call before it, op) for each softmax over flat features
     output: Any
 
@@ -90,7 +95,7 @@ class _DataFlow(TorchFunctionMode):
     def __init__(self, names: dict[int, str]) -> None:
         super().__init__()
         self.names = names
-        self.calls: list[_Call] = []
+        self.calls: list[LayerCall] = []
         self.flat_softmaxes: list[tuple[int, str]] = []
         self.depth = 0  # > 0 while inside a leaf module's forward
         self.counts: dict[int, int] = {}
@@ -120,7 +125,7 @@ class _DataFlow(TorchFunctionMode):
     def fail(self, message: str) -> NoReturn:
         """Raise (and remember, in case the model catches it) an UnsupportedLayerError ending with the advice."""
         if self.error is None:
-            self.error = UnsupportedLayerError(f"{message}. {_CHAIN_ADVICE}")
+            self.error = UnsupportedLayerError(f"{message}. {CHAIN_ADVICE}")
         raise self.error
 
     def flush(self, where: str) -> None:
@@ -164,7 +169,7 @@ class _DataFlow(TorchFunctionMode):
                 name = self.next_name(module)
                 self.counts[id(module)] = self.counts.get(id(module), 0) + 1
                 x = next(iter(_tensors((args, kwargs))), None)
-                self.calls.append(_Call(name, module, _shape(x), _shape(out)))
+                self.calls.append(LayerCall(name, module, _shape(x), _shape(out)))
                 self.tag(out, len(self.calls) - 1)
         finally:
             self.depth -= 1
@@ -196,7 +201,7 @@ class _DataFlow(TorchFunctionMode):
             bigger = [tuple(t.shape) for t in outs if any(t.shape != d.shape for d, _ in data)]
             if bigger:
                 self.refuse_later(op, f"broadcasts {self.source(index)} to the shape {bigger[0]}", index)
-        elif op in _SOFTMAX_MODULES:
+        elif op in SOFTMAX_MODULES:
             self.check_softmax(op, args, kwargs, index)
         elif op not in _RESHAPES and op not in _CONVERSIONS:
             hint = _MODULE_FOR.get(op)
@@ -217,7 +222,7 @@ class _DataFlow(TorchFunctionMode):
             self.flat_softmaxes.append((index, op))
             return
         self.refuse_later(op, f"runs over dim={dim} of a {ndim}-D tensor; only a softmax over the channels is "
-                              f"pointwise in space (use nn.{_SOFTMAX_MODULES[op]}(dim=1))", index)
+                              f"pointwise in space (use nn.{SOFTMAX_MODULES[op]}(dim=1))", index)
 
 
 def _op_name(func: Any) -> str:
@@ -239,7 +244,7 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
-def _trace(model: nn.Module, size: tuple[int, ...]) -> _Trace:
+def trace_forward(model: nn.Module, size: tuple[int, ...]) -> ForwardTrace:
     """Run one batch-1 forward pass in eval mode, following the data flow; restore modes and hooks."""
     names = {id(m): path or type(m).__name__ for path, m in model.named_modules()}
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
@@ -269,7 +274,7 @@ def _trace(model: nn.Module, size: tuple[int, ...]) -> _Trace:
             handle.remove()
         for module, mode in modes:
             module.training = mode
-    return _Trace(flow.calls, flow.flat_softmaxes, output)
+    return ForwardTrace(flow.calls, flow.flat_softmaxes, output)
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:

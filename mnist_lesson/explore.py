@@ -18,7 +18,13 @@ from torch import nn
 
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import BUDGET, UsageError
+from mnist_lesson.device import pick_device
+from mnist_lesson.inside import plot_rf_on_digit
+from mnist_lesson.loaders import load_split
 from mnist_lesson.models import conv_block, transition_block
+from mnist_lesson.receptive_field import layer_table
+from mnist_lesson.recipes import STEP_RECIPE
+from mnist_lesson.runs import train_recipe
 
 
 @dataclass(frozen=True)
@@ -90,8 +96,6 @@ class KnobNet(nn.Module):
 
 def summary_lines(model: nn.Module, limit: int = BUDGET) -> list[str]:
     """Return the explorer's text: the layer table, then the parameter count against `limit`."""
-    from mnist_lesson.receptive_field import layer_table
-
     params = count_parameters(model)
     verdict = (f"under the budget by {limit - params:,}" if params < limit
                else f"OVER the budget by {params - limit + 1:,}")
@@ -101,16 +105,10 @@ def summary_lines(model: nn.Module, limit: int = BUDGET) -> list[str]:
 def explore(knobs: Knobs | None = None, *, train: bool = False, limit: int = BUDGET, **changes: Any) -> Figure:
     """Print the layer table and the parameter count of the network the knobs describe; return its receptive
     fields drawn on a test digit. `train=True` adds a smoke-sized training run (seconds) and its accuracy."""
-    from mnist_lesson.inside import plot_rf_on_digit
-    from mnist_lesson.loaders import load_split
-
     knobs = Knobs(**{**asdict(knobs or Knobs()), **changes})
     model = KnobNet(knobs)
     print("\n".join(summary_lines(model, limit)))
     if train:
-        from mnist_lesson.models import STEP_RECIPE
-        from mnist_lesson.runs import pick_device, train_recipe
-
         _, history = train_recipe(lambda: KnobNet(knobs), STEP_RECIPE, device=pick_device(), progress=False,
                                   smoke=True)
         print(f"after a smoke-sized training (one epoch of a few batches): test accuracy "

@@ -1,7 +1,7 @@
 """The course's models, one definition each, in a registry shared by notebooks, CLI and tests.
 
-`MODELS` maps a name to a constructor and `RECIPES` maps the same name to the recipe the
-model is trained with by default (`python -m mnist_lesson train NAME`).
+`MODELS` maps a name to a constructor; `recipes.RECIPES` maps the same name to the recipe the model is trained
+with by default (`python -m mnist_lesson train NAME`), and `register` checks that the two agree.
 """
 
 from __future__ import annotations
@@ -11,22 +11,37 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mnist_lesson.config import Augment, Recipe, UsageError
+from mnist_lesson.config import Recipe, UsageError
+from mnist_lesson.recipes import (
+    ASSIGNMENT_RECIPE,
+    FINAL_RECIPE,
+    FIRST_RECIPE,
+    LADDER_RECIPE,
+    RECIPES,
+    STEP_RECIPE,
+    UNDER5K_RECIPE,
+    UNDER8K_RECIPE,
+)
 
 MODELS: dict[str, Callable[[], nn.Module]] = {}
-RECIPES: dict[str, Recipe] = {}
 
 
 def register(name: str, recipe: Recipe) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
-    """Return a decorator that registers a model constructor under `name` with its default recipe."""
+    """Return a decorator that registers a model constructor under `name`; `recipe`, its default recipe, must be
+    the one `recipes.RECIPES` lists for `name` (every recipe lives in recipes.py)."""
 
     def decorator(constructor: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         if name in MODELS:
             raise ValueError(f"a model named {name!r} is already registered")
         if constructor.__name__ != f"{name}_net":  # so a constructor never shadows an argument called like the model
             raise ValueError(f"name the constructor of {name!r} {name}_net, not {constructor.__name__}")
+        if name not in RECIPES:
+            raise ValueError(f"add {name!r} and its recipe to RECIPES in mnist_lesson/recipes.py, where every model's "
+                             "recipe is listed")
+        if RECIPES[name] != recipe:
+            raise ValueError(f"{name!r} is registered with {recipe}, but RECIPES in mnist_lesson/recipes.py lists "
+                             f"{RECIPES[name]}")
         MODELS[name] = constructor
-        RECIPES[name] = recipe
         return constructor
 
     return decorator
@@ -41,13 +56,6 @@ def get_model(name: str) -> nn.Module:
     if name not in MODELS:
         raise _unknown(name)
     return MODELS[name]()
-
-
-def get_recipe(name: str) -> Recipe:
-    """Return the default training recipe of the registered model `name`."""
-    if name not in RECIPES:
-        raise _unknown(name)
-    return RECIPES[name]
 
 
 def conv_block(in_channels: int, out_channels: int, kernel_size: int = 3, padding: int = 0,
@@ -73,10 +81,6 @@ def transition_block(in_channels: int, out_channels: int, pool: bool) -> nn.Sequ
     if pool:
         layers.append(nn.MaxPool2d(2, 2))
     return nn.Sequential(*layers)
-
-
-# The assignment trained through torchvision's DataLoader: `--data dataloader` repeats that exactly.
-ASSIGNMENT_RECIPE = Recipe(epochs=19, batch_size=128, lr=0.01, momentum=0.9)
 
 
 class AssignmentNet(nn.Module):
@@ -118,12 +122,6 @@ def assignment_net() -> nn.Module:
 
 
 # --- the notebook series: one model per step --------------------------------------------------------
-
-FIRST_RECIPE = Recipe(epochs=1, batch_size=128, lr=0.01, momentum=0.9)
-STEP_RECIPE = Recipe(epochs=8, batch_size=128, lr=0.01, momentum=0.9)
-FINAL_RECIPE = Recipe(epochs=15, batch_size=64, lr=0.1, momentum=0.9, nesterov=True, schedule="onecycle",
-                      augment=Augment(rotation=7.0, shift=0.1))
-
 
 class FirstNet(nn.Module):
     """Notebook 01: the large network most tutorials stop at (two convs, then a big fully connected layer)."""
@@ -264,25 +262,10 @@ class LadderNet(nn.Module):
         return torch.log_softmax(self.head(self.features(x)).flatten(1), dim=1)
 
 
-# The ladder trains like the final model, but with batches of 32: twice the updates in the same 15 epochs.
-LADDER_RECIPE = FINAL_RECIPE.with_overrides(batch_size=32)
-
-
-# under8k fell short on 1 of 10 seeds with the ladder recipe (a one-epoch dip). Its recipe is the one its lever
-# study chose on the validation split (the study "ladder8k" in mnist_lesson.studies, notebook 08), then verified
-# on seeds 0-9.
-UNDER8K_RECIPE = LADDER_RECIPE.with_overrides(ema=0.999)
-
-
 @register("under8k", UNDER8K_RECIPE)
 def under8k_net() -> nn.Module:
     """Return the ladder's first rung (6,920 parameters): depthwise-separable convolutions after the first."""
     return LadderNet((8, 16, 32), (32, 40, 48))
-
-
-# under5k fell short on 2 of 10 seeds with the ladder recipe. Its recipe is the one the lever study chose on the
-# validation split (the study "ladder5k" in mnist_lesson.studies, notebook 08), then verified on seeds 0-9.
-UNDER5K_RECIPE = LADDER_RECIPE.with_overrides(ema=0.999, augment=Augment(rotation=7.0, shift=0.05))
 
 
 @register("under5k", UNDER5K_RECIPE)

@@ -64,7 +64,7 @@ from torch.nn.modules.dropout import _DropoutNd
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 from mnist_lesson.budget import count_parameters
-from mnist_lesson.dataflow import _CHAIN_ADVICE, _SOFTMAX_MODULES, UnsupportedLayerError, _Call, _trace
+from mnist_lesson.dataflow import CHAIN_ADVICE, SOFTMAX_MODULES, LayerCall, UnsupportedLayerError, trace_forward
 
 SUPPORTED = (
     "supports Conv2d, MaxPool2d, AvgPool2d, LPPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, 2D padding "
@@ -215,7 +215,7 @@ def layer_table(model: nn.Module, input_size: tuple[int, int, int] = (1, 28, 28)
         raise ValueError(f"input_size must be three positive ints (channels, height, width), got {input_size!r}")
     if size[1] != size[2]:
         raise ValueError(f"input_size must be square (the table tracks one axis), got {size[1]}x{size[2]}")
-    trace = _trace(model, size)
+    trace = trace_forward(model, size)
     geo = _Geometry(rf=1, jump=1, start=0.0, side=size[1], flat=False, shape=size, name="the input")
     rows, seen, sides = [], set(), []
     for call in trace.calls:
@@ -232,7 +232,7 @@ def layer_table(model: nn.Module, input_size: tuple[int, int, int] = (1, 28, 28)
             raise UnsupportedLayerError(
                 f"a functional {op} over the flattened features of the {side}x{side} map after {where} mixes the "
                 f"whole map, and a functional op gets no row in the table; put a Linear before it, or use "
-                f"nn.Flatten and nn.{_SOFTMAX_MODULES[op]}(dim=1) so the table can count it. {_CHAIN_ADVICE}")
+                f"nn.Flatten and nn.{SOFTMAX_MODULES[op]}(dim=1) so the table can count it. {CHAIN_ADVICE}")
     if isinstance(trace.output, torch.Tensor) and trace.output.dim() in (2, 4):
         _check_continuity(geo, tuple(trace.output.shape[1:]), "the model's output")
     total = count_parameters(model)
@@ -243,7 +243,7 @@ def _shape_text(shape: tuple[int, ...]) -> str:
     return "x".join(str(n) for n in shape) if shape else "-"
 
 
-def _unsupported(call: _Call, why: str) -> UnsupportedLayerError:
+def _unsupported(call: LayerCall, why: str) -> UnsupportedLayerError:
     return UnsupportedLayerError(
         f"layer {call.name!r} ({type(call.module).__name__}): {why}. The receptive-field table {SUPPORTED}. "
         "Replace the layer with a supported one, or work out this part of the RF by hand (Araujo et al. 2019)."
@@ -272,7 +272,7 @@ def _numel(shape: tuple[int, ...]) -> int:
     return n
 
 
-def _step(geo: _Geometry, call: _Call) -> tuple[_Geometry, bool]:
+def _step(geo: _Geometry, call: LayerCall) -> tuple[_Geometry, bool]:
     """Return the geometry after `call` and whether its effect was assumed; raise if it is unknown."""
     in_shape, out_shape = call.in_shape, call.out_shape
     if in_shape is None or out_shape is None:
@@ -289,7 +289,7 @@ def _step(geo: _Geometry, call: _Call) -> tuple[_Geometry, bool]:
     return geo, assumed
 
 
-def _advance(geo: _Geometry, call: _Call) -> tuple[_Geometry, bool]:
+def _advance(geo: _Geometry, call: LayerCall) -> tuple[_Geometry, bool]:
     """Apply the rule for the module's type: window, adaptive pool, padding, flatten, mixing or pointwise."""
     module, in_shape, out_shape = call.module, call.in_shape or (), call.out_shape or ()
     same_size = in_shape[1:] == out_shape[1:]
@@ -326,7 +326,7 @@ def _advance(geo: _Geometry, call: _Call) -> tuple[_Geometry, bool]:
     return _keep(call, geo, same_size, assumed=not isinstance(module, _POINTWISE))
 
 
-def _keep(call: _Call, geo: _Geometry, same_size: bool, assumed: bool) -> tuple[_Geometry, bool]:
+def _keep(call: LayerCall, geo: _Geometry, same_size: bool, assumed: bool) -> tuple[_Geometry, bool]:
     if not same_size:
         raise _unsupported(call, f"it changes the spatial size ({_shape_text(call.in_shape or ())} -> "
                                  f"{_shape_text(call.out_shape or ())}) in a way the table does not know")
@@ -345,7 +345,7 @@ def _apply(geo: _Geometry, k: int, s: int, p: int, d: int, side: int) -> _Geomet
                    start=geo.start + ((k_eff - 1) / 2 - p) * geo.jump, side=side)
 
 
-def _window(call: _Call, geo: _Geometry, n_in: int, n_out: int) -> _Geometry:
+def _window(call: LayerCall, geo: _Geometry, n_in: int, n_out: int) -> _Geometry:
     """Apply a Conv2d or pooling layer, checking its geometry predicts the size PyTorch produced."""
     module = call.module
     k = _square(call, "kernel_size", module.kernel_size)
@@ -365,7 +365,7 @@ def _window(call: _Call, geo: _Geometry, n_in: int, n_out: int) -> _Geometry:
     return _apply(geo, k=k, s=s, p=p, d=d, side=n_out)
 
 
-def _square(call: _Call, attr: str, value: int | tuple[int, ...]) -> int:
+def _square(call: LayerCall, attr: str, value: int | tuple[int, ...]) -> int:
     if isinstance(value, int):
         return value
     values = tuple(value)

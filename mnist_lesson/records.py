@@ -31,7 +31,8 @@ from typing import Any
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import CLAIM_SEEDS, LAST_EPOCHS, MAX_EPOCHS, TARGET, Recipe
 from mnist_lesson.files import atomic_write, code_version
-from mnist_lesson.models import MODELS, RECIPES
+from mnist_lesson.models import MODELS
+from mnist_lesson.recipes import RECIPES
 from mnist_lesson.studies import STANDARD_THREADS, STUDIES, Design, DesignSummary
 from mnist_lesson.train import History
 

@@ -1,20 +1,15 @@
 """A recipe turned into a run: seeding, the device, the speed levers, loaders, optimizer and schedule, then `fit`.
 
 `train_recipe` is where smoke mode is resolved (into explicit limits on epochs and batches) and where a
-run records what produced it: recipe, seed, device, speed levers and the code's version. Introduced in
-notebook 00.
+run records what produced it: recipe, seed, device, speed levers and the code's version. The pieces it
+puts together live with their subject: the device and speed levers in `device.py`, the optimizer,
+schedule and weight average in `recipes.py`, the loaders in `loaders.py`, the loop in `train.py`.
+Introduced in notebook 00.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import platform
-import random
-import re
-import subprocess
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -22,195 +17,13 @@ import torch
 from torch import nn
 
 from mnist_lesson.budget import count_parameters
-from mnist_lesson.config import (
-    CPU_EVAL_BATCH,
-    GPU_EVAL_BATCH,
-    Augment,
-    Limits,
-    Recipe,
-    Speed,
-    UsageError,
-    limits_for,
-    smoke_mode,
-)
+from mnist_lesson.config import Augment, Limits, Recipe, Speed, UsageError, limits_for, smoke_mode
+from mnist_lesson.device import describe_device, eval_batch_for, runnable, seed_everything
+from mnist_lesson.files import code_version
 from mnist_lesson.loaders import EvalSets, dataloaders, in_memory_loaders
-from mnist_lesson.train import Batch, History, NonFiniteLoss, Schedule, fit
-
-DEVICES = "auto, cpu, cuda, cuda:N or mps"
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and PyTorch's generators (CPU and all GPUs) with `seed`."""
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def _has_mps() -> bool:
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
-
-
-def available_devices() -> list[str]:
-    """Return the device names this machine can train on, e.g. ["cpu", "cuda", "cuda:0"]."""
-    names = ["cpu"]
-    if torch.cuda.is_available():
-        names += ["cuda", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]
-    if _has_mps():
-        names.append("mps")
-    return names
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """Return the requested device, or with "auto" the best available one: cuda, then mps, then cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if _has_mps() else "cpu")
-    if name not in {"cpu", "cuda", "mps"} and not re.fullmatch(r"cuda:\d+", name):
-        raise UsageError(f"unknown device {name!r}; use {DEVICES}")
-    if name not in available_devices():
-        raise UsageError(f"device {name!r} is not available on this machine; available: "
-                         f"{', '.join(['auto', *available_devices()])}")
-    return torch.device(name)
-
-
-def cpu_name() -> str:
-    """Return the CPU's model name (e.g. "AMD EPYC"), or its architecture where the name is not known."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
-def default_threads(processes: int = 1) -> int:
-    """Return the CPU threads one of `processes` processes should compute with: its share of the cores, or one
-    when the CPU is already busy with other work (one-minute load average at least the cores minus a half),
-    because on a shared 2-core CPU two threads per process wait on each other and ran several times slower."""
-    cores = os.cpu_count() or 1
-    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 0.5
-    return 1 if busy else max(1, cores // max(1, processes))
-
-
-def set_cpu_threads(threads: int | None = None) -> int:
-    """Set and return the number of threads torch computes with on the CPU: `threads`, else `default_threads()`."""
-    if threads is None:
-        threads = default_threads()
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise UsageError(f"threads must be a whole number of at least 1, got {threads!r}")
-    torch.set_num_threads(threads)
-    return threads
-
-
-def describe_device(device: torch.device) -> str:
-    """Return a readable device name, e.g. "cuda (NVIDIA T4)" or "cpu (AMD EPYC, 2 threads)"."""
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    if device.type == "cpu":
-        return f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
-    return str(device)
-
-
-# --- speed levers: they change how fast a run goes, not what it learns ---------------------------------
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Return whether `device` computes in bfloat16 in hardware: a CUDA GPU that supports it, or a CPU with
-    AVX512-BF16 or AMX instructions (where other CPUs would only emulate it, slower than float32)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device) >= (8, 0)  # Ampere and later; a T4 or V100 only emulates
-    if device.type == "cpu":
-        # Private probes (torch 2.1+); an older torch, without them, is treated as unsupported.
-        probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return any(probe() for probe in probes if probe is not None)
-    return False
-
-
-def use_amp(device: torch.device, requested: bool) -> bool:
-    """Return whether bfloat16 autocast runs: only when requested and on a device with native bfloat16."""
-    if not requested:
-        return False
-    if not native_bf16(device):
-        warnings.warn(f"mixed precision (amp) needs native bfloat16 (a recent CUDA GPU, or a CPU with AVX512-BF16 "
-                      f"or AMX); {describe_device(device)} trains in float32 instead", stacklevel=2)
-        return False
-    return True
-
-
-class Autocast(nn.Module):
-    """Runs the wrapped model's forward pass under bfloat16 autocast and returns float32 log-probabilities."""
-
-    def __init__(self, model: nn.Module, device_type: str) -> None:
-        super().__init__()
-        self.model, self.device_type = model, device_type
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            return self.model(x).float()
-
-
-def runnable(model: nn.Module, speed: Speed, device: torch.device) -> tuple[nn.Module, bool]:
-    """Return (the module to train and evaluate, whether amp is on): `model` moved to `device`, in channels-last
-    layout, compiled and under autocast as `speed` asks. Every form shares the model's parameters."""
-    model.to(device)
-    if speed.channels_last:
-        model.to(memory_format=torch.channels_last)
-    run = model
-    if speed.compile:
-        if hasattr(torch, "compile"):
-            run = torch.compile(run)
-        else:
-            warnings.warn(f"torch {torch.__version__} has no torch.compile; training without it", stacklevel=2)
-    amp = use_amp(device, speed.amp)
-    return (Autocast(run, device.type) if amp else run), amp
-
-
-def eval_batch_for(device: torch.device, speed: Speed) -> int:
-    """Return the evaluation batch size a run uses: the speed option's, else the whole test set on a GPU."""
-    if speed.eval_batch_size is not None:
-        return speed.eval_batch_size
-    return GPU_EVAL_BATCH if device.type == "cuda" else CPU_EVAL_BATCH
-
-
-# --- the pieces of a run ----------------------------------------------------------------------------------
-
-
-def make_optimizer(model: nn.Module, recipe: Recipe, steps_per_epoch: int,
-                   epochs: int | None = None) -> tuple[torch.optim.Optimizer, Schedule]:
-    """Return the SGD optimizer of `recipe` and its schedule, stepped once per batch for `epochs` epochs."""
-    epochs = recipe.epochs if epochs is None else epochs
-    optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
-                                nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
-    if recipe.schedule == "onecycle":
-        return optimizer, Schedule(optimizer, torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=recipe.lr, total_steps=epochs * steps_per_epoch, pct_start=recipe.warmup))
-    if recipe.schedule == "step":
-        return optimizer, Schedule(optimizer, torch.optim.lr_scheduler.StepLR(
-            optimizer, recipe.step_size * steps_per_epoch, recipe.gamma))
-    return optimizer, Schedule(optimizer)
-
-
-class WeightAverage(nn.Module):
-    """A model in training plus an exponential moving average of its weights and buffers, evaluated in its place.
-
-    In train mode it runs the model being trained; in eval mode, the average. The average follows every
-    optimizer step through an optimizer hook, so the training loop stays exactly as it is.
-    """
-
-    def __init__(self, run: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, decay: float,
-                 amp_device: str | None = None) -> None:
-        super().__init__()
-        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-        self.run, self.model = run, model
-        self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-        self.evaluated = Autocast(self.average.module, amp_device) if amp_device else self.average.module
-        optimizer.register_step_post_hook(lambda *args: self.average.update_parameters(self.model))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x) if self.training else self.evaluated(x)
+from mnist_lesson.models import MODELS, get_model
+from mnist_lesson.recipes import WeightAverage, get_recipe, make_optimizer
+from mnist_lesson.train import Batch, History, NonFiniteLoss, fit
 
 
 class FirstBatches:
@@ -241,30 +54,6 @@ def make_loaders(batch_size: int, augment: Augment, speed: Speed, device: torch.
             {name: FirstBatches(batches, limits.eval_batches) for name, batches in eval_sets.items()})
 
 
-def code_version() -> str:
-    """Return the version of the package's code: "git SHA" (+ " dirty" with uncommitted changes) in a checkout,
-    else a hash of its source files."""
-    package = Path(__file__).resolve().parent
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=20)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    top = git("rev-parse", "--show-toplevel")
-    if top and (Path(top) / package.name).resolve() == package:
-        # The package's code only: the evidence folder, which the benchmarks write, does not make it dirty.
-        sha, changes = git("rev-parse", "HEAD"), git("status", "--porcelain", "--", ".", ":!evidence")
-        if sha is not None and changes is not None:
-            return f"git {sha[:12]}" + (" dirty" if changes else "")
-    digest = hashlib.sha256()
-    for path in sorted(package.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return f"source sha256 {digest.hexdigest()[:16]}"
-
-
 class TrainingStopped(RuntimeError):
     """Training ended before its last epoch; `history` holds the epochs that finished and `model` their weights."""
 
@@ -284,8 +73,6 @@ def train_recipe(model: str | Callable[[], nn.Module], recipe: Recipe | None = N
     judged there, never on the test set. `smoke` (default: $MNIST_LESSON_SMOKE) makes a tiny run of one
     epoch over a few batches. Raises TrainingStopped, with the finished epochs, on Ctrl-C or a diverging loss.
     """
-    from mnist_lesson.models import MODELS, get_model, get_recipe
-
     if isinstance(model, str):
         name, build, recipe = model, lambda: get_model(model), recipe or get_recipe(model)
     else:

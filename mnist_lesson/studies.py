@@ -19,7 +19,16 @@ from functools import partial
 from torch import nn
 
 from mnist_lesson.config import Augment, Recipe
-from mnist_lesson.models import FINAL_RECIPE, LADDER_RECIPE, MODELS, RECIPES, STEP_RECIPE, AssignmentNet, StepNet
+from mnist_lesson.models import MODELS, AssignmentNet, StepNet
+from mnist_lesson.recipes import (
+    ABLATION_AUGMENT,
+    ABLATION_ONECYCLE,
+    FINAL_RECIPE,
+    LADDER_EMA_RECIPE,
+    LADDER_RECIPE,
+    RECIPES,
+    STEP_RECIPE,
+)
 
 STANDARD_THREADS = 1  # studies run one torch thread per process (two processes share the 2-core CPU)
 
@@ -41,8 +50,6 @@ def registered(name: str, label: str) -> Design:
 
 _BASE = dict(squeeze=True, batch_norm=True, gap=True)  # notebook 06's network, without its dropout rate
 _WIDER_WITH_HEAD = partial(StepNet, **_BASE, dropout=0.1, width=24, head_width=32)  # the final layout, dropout 0.1
-_AUGMENT = Augment(rotation=7.0, shift=0.1)
-_ONECYCLE = dict(lr=0.1, nesterov=True, schedule="onecycle")
 
 # From notebook 06's network and recipe to the final model, one change at a time, and two controls.
 ABLATION: tuple[Design, ...] = (
@@ -50,13 +57,13 @@ ABLATION: tuple[Design, ...] = (
     Design("width24", "+ 24 features before the pool", partial(StepNet, **_BASE, dropout=0.1, width=24), STEP_RECIPE),
     Design("head32", "+ a 32-wide 1x1 layer after the pool", _WIDER_WITH_HEAD, STEP_RECIPE),
     Design("augment", "+ augmentation (rotate up to 7 degrees, shift up to 10%)", _WIDER_WITH_HEAD,
-           STEP_RECIPE.with_overrides(augment=_AUGMENT)),
+           STEP_RECIPE.with_overrides(augment=ABLATION_AUGMENT)),
     Design("onecycle", "+ one-cycle schedule to lr 0.1, Nesterov momentum", _WIDER_WITH_HEAD,
-           STEP_RECIPE.with_overrides(augment=_AUGMENT, **_ONECYCLE)),
+           STEP_RECIPE.with_overrides(augment=ABLATION_AUGMENT, **ABLATION_ONECYCLE)),
     Design("batch64", "+ batches of 64 instead of 128", _WIDER_WITH_HEAD,
-           STEP_RECIPE.with_overrides(augment=_AUGMENT, **_ONECYCLE, batch_size=64)),
+           STEP_RECIPE.with_overrides(augment=ABLATION_AUGMENT, **ABLATION_ONECYCLE, batch_size=64)),
     Design("epochs15", "+ 15 epochs instead of 8", _WIDER_WITH_HEAD,
-           STEP_RECIPE.with_overrides(augment=_AUGMENT, **_ONECYCLE, batch_size=64, epochs=15)),
+           STEP_RECIPE.with_overrides(augment=ABLATION_AUGMENT, **ABLATION_ONECYCLE, batch_size=64, epochs=15)),
     registered("final", "+ dropout 0.05 instead of 0.1: the final model"),
     Design("assignment-final-recipe", "control: the assignment's model with the final recipe", AssignmentNet,
            FINAL_RECIPE),
@@ -66,22 +73,21 @@ ABLATION: tuple[Design, ...] = (
 # Notebook 08: levers for the ladder's rungs that fell short on their test seeds with the ladder recipe, one
 # change at a time on top of the last; each rung is registered with the recipe its study chooses (`best_design`).
 # The first lever of both: evaluate an exponential moving average of the weights instead of the weights.
-_EMA = LADDER_RECIPE.with_overrides(ema=0.999)
 _EMA_LABEL = "+ evaluate a moving average of the weights (decay 0.999)"
 
 # under5k fell short on 2 of 10 seeds: the average, then lighter shifts for a model this small.
 LADDER5K_LEVERS: tuple[Design, ...] = (
     Design("under5k", "under5k with the ladder recipe (batch 32)", MODELS["under5k"], LADDER_RECIPE),
-    Design("under5k-ema", _EMA_LABEL, MODELS["under5k"], _EMA),
+    Design("under5k-ema", _EMA_LABEL, MODELS["under5k"], LADDER_EMA_RECIPE),
     Design("under5k-ema-shift5", "+ shifts of up to 5% instead of 10%", MODELS["under5k"],
-           _EMA.with_overrides(augment=Augment(rotation=7.0, shift=0.05))),
+           LADDER_EMA_RECIPE.with_overrides(augment=Augment(rotation=7.0, shift=0.05))),
 )
 
 # under8k fell short on 1 of 10 seeds, in one epoch of its last 3 (seed 7: 99.38, then 99.50 twice): the average
 # alone; the lighter shifts were a lever for the smaller model and are not tried here.
 LADDER8K_LEVERS: tuple[Design, ...] = (
     Design("under8k", "under8k with the ladder recipe (batch 32)", MODELS["under8k"], LADDER_RECIPE),
-    Design("under8k-ema", _EMA_LABEL, MODELS["under8k"], _EMA),
+    Design("under8k-ema", _EMA_LABEL, MODELS["under8k"], LADDER_EMA_RECIPE),
 )
 
 STUDIES: dict[str, tuple[Design, ...]] = {

@@ -15,6 +15,7 @@ import torch
 from mnist_lesson import cli
 from mnist_lesson.config import BUDGET, TARGET
 from mnist_lesson.models import MODELS, get_model
+from mnist_lesson.recipes import get_recipe
 from mnist_lesson.runs import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,10 +159,21 @@ def test_a_bug_keeps_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
         cli.main(["list"])
 
 
-def test_list_shows_every_registered_model(capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_shows_every_registered_model_with_its_parameters_and_recipe(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["list"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert [line.split()[0] for line in lines] == list(MODELS)
+    header, *rows = [cells(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert header == ["model", "parameters", "epochs", "batch", "schedule", "peak lr", "augmentation", "weight average"]
+    assert [row[0] for row in rows] == list(MODELS)
+    by_name = {row[0]: row[1:] for row in rows}
+    # Written out by hand from the recipes (notebooks 01, 07 and 08), not computed the way `list` computes them.
+    assert by_name["first"] == ["1,199,882", "1", "128", "constant", "0.01", "none", "none"]
+    assert by_name["final"] == ["18,152", "15", "64", "onecycle", "0.1", "rotation 7, shift 0.1", "none"]
+    assert by_name["under5k"] == ["4,832", "15", "32", "onecycle", "0.1", "rotation 7, shift 0.05", "decay 0.999"]
+    for name, row in by_name.items():
+        recipe = get_recipe(name)
+        assert row[0] == f"{sum(p.numel() for p in get_model(name).parameters()):,}"
+        assert row[1:5] == [str(recipe.epochs), str(recipe.batch_size), recipe.schedule, f"{recipe.lr:g}"]
+        assert (row[6] == "none") == (recipe.ema == 0) and (row[5] == "none") == (not recipe.augment.active)
 
 
 def cells(line: str) -> list[str]:

@@ -9,7 +9,8 @@ from torch import nn
 
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import BUDGET, Recipe, UsageError
-from mnist_lesson.models import LADDER, MODELS, RECIPES, get_model, get_recipe, register
+from mnist_lesson.models import LADDER, MODELS, get_model, register
+from mnist_lesson.recipes import RECIPES
 
 
 def test_assignment_model_has_13816_parameters_by_torchinfo() -> None:
@@ -43,13 +44,6 @@ def test_every_registered_model_gives_log_probabilities(name: str) -> None:
     out = model(torch.randn(4, 1, 28, 28))
     assert out.shape == (4, 10)
     torch.testing.assert_close(out.exp().sum(dim=1), torch.ones(4))
-    assert isinstance(get_recipe(name), Recipe)
-    assert set(MODELS) == set(RECIPES)
-
-
-def test_assignment_recipe_is_the_assignments() -> None:
-    recipe = get_recipe("assignment")
-    assert (recipe.lr, recipe.momentum, recipe.batch_size, recipe.schedule) == (0.01, 0.9, 128, "constant")
 
 
 def test_unknown_model_names_the_registered_ones() -> None:
@@ -68,6 +62,20 @@ def test_registering_a_name_twice_or_a_clashing_constructor_is_refused() -> None
         register("assignment", Recipe())(assignment_net)
     with pytest.raises(ValueError, match="name the constructor of 'mine' mine_net"):
         register("mine", Recipe())(dropout)
+    assert "mine" not in MODELS
+
+
+def test_registering_a_recipe_other_than_the_one_recipes_lists_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every recipe lives in recipes.RECIPES; the recipe named at registration must be that one."""
+
+    def mine_net() -> nn.Module:
+        return nn.Identity()
+
+    with pytest.raises(ValueError, match="add 'mine' and its recipe to RECIPES in mnist_lesson/recipes.py"):
+        register("mine", Recipe())(mine_net)
+    monkeypatch.setitem(RECIPES, "mine", Recipe(epochs=3))
+    with pytest.raises(ValueError, match=r"'mine' is registered with Recipe\(epochs=15.*lists Recipe\(epochs=3"):
+        register("mine", Recipe())(mine_net)
     assert "mine" not in MODELS
 
 

@@ -13,7 +13,8 @@ import pytest
 from torch import nn
 
 from mnist_lesson.colab import check_notebook
-from mnist_lesson.models import MODELS, get_model, get_recipe
+from mnist_lesson.models import MODELS, get_model
+from mnist_lesson.recipes import get_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -98,7 +99,8 @@ def test_markdown_has_no_number_that_no_cell_computes(path: Path) -> None:
 def test_numbers_the_prose_states_are_true() -> None:
     from mnist_lesson.config import VALIDATION_IMAGES
     from mnist_lesson.loaders import load_split
-    from mnist_lesson.models import LADDER, LADDER_RECIPE, transition_block
+    from mnist_lesson.models import LADDER, transition_block
+    from mnist_lesson.recipes import LADDER_RECIPE
 
     final, recipe = get_model("final"), get_recipe("final")
     assert get_recipe("skeleton").epochs == 8  # notebook 07: "steps 01-06 trained ... for 8 epochs or fewer"

@@ -13,7 +13,8 @@ import pytest
 from mnist_lesson import records
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import BUDGET, CLAIM_SEEDS, LAST_EPOCHS, MAX_EPOCHS, TARGET, Augment, Recipe
-from mnist_lesson.models import LADDER, MODELS, get_model, get_recipe
+from mnist_lesson.models import LADDER, MODELS, get_model
+from mnist_lesson.recipes import get_recipe
 from mnist_lesson.records import (
     PUBLIC_ANCHORS,
     StaleStudyError,

@@ -8,7 +8,8 @@ from torch import nn
 
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import LAST_EPOCHS, Augment
-from mnist_lesson.models import LADDER, LADDER_RECIPE, AssignmentNet, StepNet, get_model, get_recipe
+from mnist_lesson.models import LADDER, AssignmentNet, StepNet, get_model
+from mnist_lesson.recipes import LADDER_RECIPE, get_recipe
 from mnist_lesson.records import evidence, measure_noise, read_design_runs, run_figure, summarize_study
 from mnist_lesson.studies import (
     LEVER_STUDIES,

@@ -1,0 +1,75 @@
+"""The recipes and what a recipe becomes: every model's recipe in one table, the optimizer and schedule, the
+weight average."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mnist_lesson.config import Augment, Recipe, UsageError
+from mnist_lesson.models import MODELS, get_model
+from mnist_lesson.recipes import (
+    ABLATION_AUGMENT,
+    ABLATION_ONECYCLE,
+    FINAL_RECIPE,
+    LADDER_EMA_RECIPE,
+    LADDER_RECIPE,
+    RECIPES,
+    STEP_RECIPE,
+    WeightAverage,
+    get_recipe,
+    make_optimizer,
+)
+
+CPU = torch.device("cpu")
+
+
+def test_every_registered_model_has_its_recipe_in_one_table() -> None:
+    assert list(RECIPES) == list(MODELS)  # the same names, in the same order (`python -m mnist_lesson list`)
+    assert all(isinstance(recipe, Recipe) and get_recipe(name) is recipe for name, recipe in RECIPES.items())
+
+
+def test_assignment_recipe_is_the_assignments() -> None:
+    recipe = get_recipe("assignment")
+    assert (recipe.lr, recipe.momentum, recipe.batch_size, recipe.schedule) == (0.01, 0.9, 128, "constant")
+
+
+def test_an_unknown_model_has_no_recipe_and_the_error_names_the_registered_ones() -> None:
+    with pytest.raises(UsageError, match="no model named 'no-such-model'; registered models: assignment, first"):
+        get_recipe("no-such-model")
+
+
+def test_the_studies_pieces_add_up_to_the_recipes_they_lead_to() -> None:
+    """The ablation's last step before the final model trains with the final recipe; the ladder's first lever adds
+    only the weight average to the ladder recipe."""
+    assert STEP_RECIPE.with_overrides(augment=ABLATION_AUGMENT, **ABLATION_ONECYCLE, batch_size=64,
+                                      epochs=15) == FINAL_RECIPE
+    assert ABLATION_AUGMENT == Augment(rotation=7.0, shift=0.1)
+    assert LADDER_EMA_RECIPE.changes_from(LADDER_RECIPE) == ["ema=0.999"]
+
+
+@pytest.mark.parametrize(("schedule", "kind"), [("onecycle", "OneCycleLR"), ("step", "StepLR")])
+def test_recipe_schedules(schedule: str, kind: str) -> None:
+    model = get_model("assignment")
+    optimizer, steps = make_optimizer(model, Recipe(schedule=schedule, lr=0.1, nesterov=True), 10)
+    assert type(steps.scheduler).__name__ == kind
+    assert optimizer.param_groups[0]["nesterov"] is True
+    with pytest.raises(UsageError, match="unknown schedule"):
+        Recipe(schedule="cosine")  # type: ignore[arg-type]
+
+
+def test_the_weight_average_follows_every_optimizer_step_and_is_evaluated_in_eval_mode() -> None:
+    """Every optimizer step updates the average (through an optimizer hook); eval mode runs the average."""
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    averaged = WeightAverage(model, model, optimizer, decay=0.5)
+    start = model.weight.detach().clone()
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.ones(1, 2)).sum().backward()
+        optimizer.step()
+    # The first update copies the weights after step 1; the second averages them with step 2's: start - 1.5.
+    torch.testing.assert_close(averaged.average.module.weight, start - 1.5)
+    averaged.eval()
+    torch.testing.assert_close(averaged(torch.ones(1, 2)), averaged.average.module(torch.ones(1, 2)))
