@@ -36,6 +36,7 @@ def one_error_line(done: subprocess.CompletedProcess[str], status: int = 2) -> s
     return lines[0]
 
 
+@pytest.mark.slow  # trains in a subprocess
 def test_train_final_prints_params_progress_accuracy_time_and_verdict(tmp_path: Path, mnist_root: Path) -> None:
     done = run_cli("train", "final", "--root", str(mnist_root), "--out", str(tmp_path / "runs"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -115,6 +116,7 @@ def test_an_unknown_smoke_value_is_refused(tmp_path: Path, mnist_root: Path) -> 
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+@pytest.mark.slow  # trains in a subprocess
 def test_ctrl_c_keeps_the_finished_epochs(tmp_path: Path, mnist_root: Path) -> None:
     """Interrupted in its second epoch, `train` says where the partial run is and saves the first epoch."""
     env = dict(os.environ, MNIST_LESSON_SMOKE="0")
@@ -142,6 +144,7 @@ def test_ctrl_c_keeps_the_finished_epochs(tmp_path: Path, mnist_root: Path) -> N
     assert (run / "model.pt").exists()
 
 
+@pytest.mark.slow  # trains in a subprocess
 def test_a_diverging_run_stops_with_one_line_and_valid_json(tmp_path: Path, mnist_root: Path) -> None:
     done = run_cli("train", "first", "--lr", "1e6", "--root", str(mnist_root), "--out", str(tmp_path / "runs"),
                    cwd=tmp_path)
