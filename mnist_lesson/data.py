@@ -162,7 +162,7 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
 
 def fetch_with_torchvision(folder: Path, names: list[str]) -> None:
     """Download MNIST with torchvision into `folder` (its mirrors, its own gzip checksums)."""
-    from torchvision.datasets import MNIST
+    from torchvision.datasets import MNIST  # heavy to import, and only needed when the files are not there yet
 
     with tempfile.TemporaryDirectory(dir=folder) as tmp, _socket_timeout(30):
         MNIST(tmp, train=True, download=True)
