@@ -27,6 +27,20 @@ def run_cli(*args: str, cwd: Path, smoke: str = "1", timeout: float = 600) -> su
                           text=True, timeout=timeout)
 
 
+def run_in_process(*args: str, cwd: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                   smoke: str = "1") -> subprocess.CompletedProcess[str]:
+    """`cli.main(args)` in this process (no interpreter start: fast), as a finished process would report it."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("MNIST_LESSON_SMOKE", smoke)
+    capsys.readouterr()
+    try:
+        status = cli.main(list(args))
+    except SystemExit as exc:  # argparse's own errors
+        status = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(["mnist_lesson", *args], status, out, err)
+
+
 def one_error_line(done: subprocess.CompletedProcess[str], status: int = 2) -> str:
     """The run failed with `status` and said why in one line, without a traceback; return that line."""
     assert done.returncode == status, (done.returncode, done.stderr)
@@ -83,35 +97,49 @@ def test_the_verdict_line_judges_budget_and_every_last_epoch() -> None:
     (["grade", ".", "--timeout", "0"], "expected a finite number greater than 0"),
     (["summary", "final", "--limit", "0"], "expected a whole number of at least 1"),
 ])
-def test_bad_arguments_give_one_line_and_status_2(tmp_path: Path, args: list[str], expected: str) -> None:
-    done = run_cli(*args, "--out", str(tmp_path / "runs"), cwd=tmp_path) if args[0] == "train" else \
-        run_cli(*args, cwd=tmp_path)
+def test_bad_arguments_give_one_line_and_status_2(tmp_path: Path, args: list[str], expected: str,
+                                                 monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    out = ["--out", str(tmp_path / "runs")] if args[0] == "train" else []
+    done = run_in_process(*args, *out, cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert expected in one_error_line(done)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_cuda_asked_for_without_one_names_the_alternatives(tmp_path: Path) -> None:
+def test_the_real_command_exits_2_with_one_line(tmp_path: Path) -> None:
+    """The same through `python -m mnist_lesson`, as a user types it (the cases above run in this process)."""
+    done = run_cli("train", "resnet", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert "no model named 'resnet'" in one_error_line(done)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cuda_asked_for_without_one_names_the_alternatives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a CUDA GPU")
-    done = run_cli("train", "final", "--device", "cuda", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    done = run_in_process("train", "final", "--device", "cuda", "--out", str(tmp_path / "runs"), cwd=tmp_path,
+                          monkeypatch=monkeypatch, capsys=capsys)
     assert "'cuda' is not available on this machine; available: auto, cpu" in one_error_line(done)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 @pytest.mark.parametrize("where", ["under-proc", "under-a-file", "is-a-file"])
-def test_an_unusable_out_folder_gives_one_line_and_leaves_nothing(tmp_path: Path, mnist_root: Path,
-                                                                  where: str) -> None:
+def test_an_unusable_out_folder_gives_one_line_and_leaves_nothing(tmp_path: Path, mnist_root: Path, where: str,
+                                                                  monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     afile = tmp_path / "afile"
     afile.write_text("x")
     out = {"under-proc": "/proc/runs", "under-a-file": str(afile / "runs"), "is-a-file": str(afile)}[where]
-    done = run_cli("train", "final", "--root", str(mnist_root), "--out", out, cwd=tmp_path)
+    done = run_in_process("train", "final", "--root", str(mnist_root), "--out", out, cwd=tmp_path,
+                          monkeypatch=monkeypatch, capsys=capsys)
     assert "cannot create a run folder in" in one_error_line(done)
     assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
-def test_an_unknown_smoke_value_is_refused(tmp_path: Path, mnist_root: Path) -> None:
-    done = run_cli("train", "final", "--root", str(mnist_root), "--out", str(tmp_path / "runs"), cwd=tmp_path,
-                   smoke="sometimes")
+def test_an_unknown_smoke_value_is_refused(tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    done = run_in_process("train", "final", "--root", str(mnist_root), "--out", str(tmp_path / "runs"),
+                          cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys, smoke="sometimes")
     assert "MNIST_LESSON_SMOKE='sometimes' is not understood" in one_error_line(done)
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 

@@ -36,6 +36,7 @@ def isolated_python(installed: StudentInstall, code: str) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.slow  # builds the wheel or starts a kernel
 def test_the_wheel_carries_the_package_and_its_evidence(installed: StudentInstall) -> None:
     names = zipfile.ZipFile(installed.wheel).namelist()
     evidence = sorted(n for n in names if n.startswith("mnist_lesson/evidence/") and not n.endswith(".py"))
@@ -48,6 +49,7 @@ def test_the_wheel_carries_the_package_and_its_evidence(installed: StudentInstal
     assert found == "True False"
 
 
+@pytest.mark.slow  # builds the wheel or starts a kernel
 def test_the_evidence_each_notebook_shows_ships_with_the_wheel(installed: StudentInstall) -> None:
     wanted = sorted({name for lesson in LESSONS for name in lesson.evidence})
     found = isolated_python(installed, "import json; from mnist_lesson.records import evidence; "
@@ -62,6 +64,7 @@ def test_every_notebook_asks_colab_for_a_gpu() -> None:
         assert {key: metadata.get(key) for key in COLAB_METADATA} == COLAB_METADATA, path.name
 
 
+@pytest.mark.slow  # builds the wheel or starts a kernel
 def test_a_failed_install_stops_run_all_with_one_clear_error(tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """With a stand-in google.colab and an address nothing answers at, the setup cell raises one error that
