@@ -79,6 +79,6 @@ def code_version() -> str:
         if sha is not None and changes is not None:
             return f"git {sha[:12]}" + (" dirty" if changes else "")
     digest = hashlib.sha256()
-    for path in sorted(package.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    for path in sorted(package.rglob("*.py")):  # grading/ included
+        digest.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
     return f"source sha256 {digest.hexdigest()[:16]}"
