@@ -24,6 +24,11 @@ import pytest
 # in smoke mode (1 epoch, a few batches). Unit tests that need full mode unset it themselves.
 os.environ["MNIST_LESSON_SMOKE"] = "1"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist runs one worker per core (`-n auto` in pyproject.toml): one thread each, for this process and
+    # every kernel or Python it starts, so the workers do not wait on each other's threads.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parent
 STUDENT_KERNEL = "colab-student"
 SITE_PACKAGES = sysconfig.get_paths()["purelib"]
@@ -70,6 +75,14 @@ def student_install() -> StudentInstall:
     if _INSTALL is None:
         _INSTALL = build_student_install(Path(tempfile.mkdtemp(prefix="mnist-lesson-student-")))
     return _INSTALL
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, compute with one torch thread in each worker."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

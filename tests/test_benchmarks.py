@@ -34,12 +34,22 @@ ARGUMENTS = {"design.py": ["steps"]}
 
 
 # readme_tables.py trains nothing; the grader always runs notebooks in smoke mode, so grading.py does not care.
-@pytest.mark.slow  # a fresh Python importing torch per script
 @pytest.mark.parametrize("script", [name for name in SCRIPTS if name not in {"readme_tables.py", "grading.py"}])
-def test_benchmarks_refuse_smoke_mode(script: str) -> None:
+def test_benchmarks_refuse_smoke_mode(script: str, monkeypatch: pytest.MonkeyPatch,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    module = load_script(script.removesuffix(".py"))
+    monkeypatch.setenv("MNIST_LESSON_SMOKE", "1")
+    monkeypatch.setattr(sys, "argv", [script, *ARGUMENTS.get(script, [])])
+    with pytest.raises(SystemExit) as exited:
+        module.main()
+    assert exited.value.code == 2 and "MNIST_LESSON_SMOKE is set" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a fresh Python importing torch
+def test_a_benchmark_run_as_a_script_refuses_smoke_mode_too() -> None:
     env = {**os.environ, "MNIST_LESSON_SMOKE": "1"}
-    done = subprocess.run([sys.executable, f"benchmarks/{script}", *ARGUMENTS.get(script, [])], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "benchmarks/seeds.py"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
     assert done.returncode == 2 and "MNIST_LESSON_SMOKE is set" in done.stderr, done.stderr
 
 
