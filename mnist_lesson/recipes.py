@@ -7,9 +7,11 @@ A recipe says what is learned (`config.Recipe`); `models.py` registers every mod
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 from mnist_lesson.config import Augment, Recipe, UsageError
 from mnist_lesson.device import Autocast
@@ -95,17 +97,43 @@ def make_optimizer(model: nn.Module, recipe: Recipe, steps_per_epoch: int,
 class WeightAverage(nn.Module):
     """A model in training plus an exponential moving average of its weights and buffers, evaluated in its place.
 
-    In train mode it runs the model being trained; in eval mode, the average. The average follows every
-    optimizer step through an optimizer hook, so the training loop stays exactly as it is.
+    In train mode it runs the model being trained; in eval mode, the average (`average`, a copy of the model).
+    The average follows every optimizer step through an optimizer hook, so the training loop stays exactly as it
+    is. Its numbers are those of torch's `AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay),
+    use_buffers=True)`: the first step copies the weights, every later one blends them in with torch's own
+    update. Only the count of steps differs: `AveragedModel` keeps it in a tensor and reads it twice a step,
+    which on a GPU makes the host wait for the device; here it is a plain number.
     """
 
     def __init__(self, run: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, decay: float,
                  amp_device: str | None = None) -> None:
         super().__init__()
         self.run, self.model = run, model
-        self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-        self.evaluated = Autocast(self.average.module, amp_device) if amp_device else self.average.module
-        optimizer.register_step_post_hook(lambda *args: self.average.update_parameters(self.model))
+        self.average = copy.deepcopy(model)
+        self.evaluated = Autocast(self.average, amp_device) if amp_device else self.average
+        self.blend = get_ema_multi_avg_fn(decay)  # in place: average = lerp(average, model, 1 - decay)
+        self.updates = 0  # steps averaged so far, counted on the host
+        optimizer.register_step_post_hook(lambda *args: self.update())
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold the model's current weights and buffers into the average: a copy at the first step, then a blend."""
+        averaged = [*self.average.parameters(), *self.average.buffers()]
+        current = [*self.model.parameters(), *self.model.buffers()]  # no detach needed: no gradients here
+        if self.updates == 0:
+            for mean, now in zip(averaged, current, strict=True):
+                mean.copy_(now)
+        else:
+            # One blend per dtype, as AveragedModel groups them: floats in one foreach call; integer buffers
+            # (batch normalization's step counts) blended one by one and rounded down, as torch does.
+            groups: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+            for mean, now in zip(averaged, current, strict=True):
+                means, nows = groups.setdefault(mean.dtype, ([], []))
+                means.append(mean)
+                nows.append(now)
+            for means, nows in groups.values():
+                self.blend(means, nows, self.updates)
+        self.updates += 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.run(x) if self.training else self.evaluated(x)

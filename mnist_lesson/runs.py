@@ -118,7 +118,7 @@ def train_recipe(model: str | Callable[[], nn.Module], recipe: Recipe | None = N
 
 def evaluated(run: nn.Module, net: nn.Module) -> nn.Module:
     """Return the plain module whose weights a run evaluated: the weight average when the recipe keeps one."""
-    return run.average.module if isinstance(run, WeightAverage) else net
+    return run.average if isinstance(run, WeightAverage) else net
 
 
 def save_checkpoint(model: nn.Module, path: Path) -> None:

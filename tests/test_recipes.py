@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mnist_lesson.config import Augment, Recipe, UsageError
 from mnist_lesson.models import MODELS, get_model
@@ -17,6 +19,7 @@ from mnist_lesson.recipes import (
     LADDER_RECIPE,
     RECIPES,
     STEP_RECIPE,
+    UNDER5K_RECIPE,
     WeightAverage,
     get_recipe,
     make_optimizer,
@@ -70,6 +73,28 @@ def test_the_weight_average_follows_every_optimizer_step_and_is_evaluated_in_eva
         model(torch.ones(1, 2)).sum().backward()
         optimizer.step()
     # The first update copies the weights after step 1; the second averages them with step 2's: start - 1.5.
-    torch.testing.assert_close(averaged.average.module.weight, start - 1.5)
+    torch.testing.assert_close(averaged.average.weight, start - 1.5)
     averaged.eval()
-    torch.testing.assert_close(averaged(torch.ones(1, 2)), averaged.average.module(torch.ones(1, 2)))
+    torch.testing.assert_close(averaged(torch.ones(1, 2)), averaged.average(torch.ones(1, 2)))
+
+
+@pytest.mark.parametrize("decay", [UNDER5K_RECIPE.ema, 0.5])
+def test_the_weight_average_has_the_numbers_of_torchs_averaged_model(decay: float) -> None:
+    """After every step, the averaged weights and buffers (batch normalization's statistics and step counts) equal
+    bit for bit those of AveragedModel with torch's EMA update and use_buffers=True, which the average replaced."""
+    torch.manual_seed(0)
+    model = get_model("under5k")
+    optimizer, _ = make_optimizer(model, UNDER5K_RECIPE, steps_per_epoch=10)
+    ours = WeightAverage(model, model, optimizer, decay)
+    reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    optimizer.register_step_post_hook(lambda *args: reference.update_parameters(model))
+    for _ in range(6):
+        x, y = torch.randn(32, 1, 28, 28), torch.randint(10, (32,))
+        optimizer.zero_grad()
+        F.nll_loss(model(x), y).backward()
+        optimizer.step()
+        expected = reference.module.state_dict()
+        for name, tensor in ours.average.state_dict().items():
+            torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
+    assert ours.average.state_dict().keys() == expected.keys()
+    assert not torch.equal(next(ours.average.parameters()), next(model.parameters()))  # an average, not the model
