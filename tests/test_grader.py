@@ -9,6 +9,7 @@ did (the step stopped, the row says so, nothing is left running). Tests that sta
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import json
@@ -20,6 +21,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -475,6 +477,17 @@ def test_limits_that_cannot_work_are_usage_errors(value: float) -> None:
 # --- Ctrl-C ----------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def sigint_raises_keyboard_interrupt() -> Iterator[None]:
+    """Python turns SIGINT into KeyboardInterrupt only when its parent did not ignore it (a shell's background job
+    starts with it ignored): set that up for the test, whoever started pytest."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def interrupt_when(path: Path) -> threading.Thread:
     """Send this process SIGINT (Ctrl-C) once `path` exists."""
     def wait() -> None:
@@ -498,8 +511,8 @@ def test_ctrl_c_stops_cleanly_records_nothing_in_progress_and_resumes(tmp_path: 
     (folder / "b.ipynb").write_text(notebook("b", after=[f"open({str(sentinel)!r}, 'w').close()\nimport subprocess\n"
                                                          f"subprocess.run(['sleep', '1000.{TOKEN}5'])"]))
     messages: list[str] = []
-    interrupt_when(sentinel)
-    with pytest.raises(KeyboardInterrupt):
+    with sigint_raises_keyboard_interrupt(), pytest.raises(KeyboardInterrupt):
+        interrupt_when(sentinel)
         grader.grade_folder(folder, out, GENEROUS, checks=fake_checks, check_data=False, log=messages.append)
     assert [r["student"] for r in read_csv(out) if r["exercise"] == TOTAL] == ["a"]
     assert "nothing was recorded for b" in messages[-1] and "Run the same command again" in messages[-1]
@@ -517,7 +530,8 @@ def test_ctrl_c_on_the_command_line_exits_130_and_says_how_to_resume(tmp_path: P
     folder.mkdir()
     (folder / "a.ipynb").write_text(notebook("a", after=[f"open({str(sentinel)!r}, 'w').close()\nimport time\n"
                                                          "time.sleep(1000)"]))
-    script = ("import sys; from mnist_lesson import cli; from mnist_lesson.grading import contract; "
+    script = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "from mnist_lesson import cli; from mnist_lesson.grading import contract; "
               "contract.CHECKS_MODULE = 'fakechecks'; "
               f"sys.exit(cli.main(['grade', {str(folder)!r}, '--out', {str(tmp_path / 'g.csv')!r}]))")
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
