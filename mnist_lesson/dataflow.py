@@ -244,13 +244,13 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
-def trace_forward(model: nn.Module, size: tuple[int, ...]) -> ForwardTrace:
-    """Run one batch-1 forward pass in eval mode, following the data flow; restore modes and hooks."""
+def trace_forward(model: nn.Module, size: tuple[int, ...], device: torch.device) -> ForwardTrace:
+    """Run one batch-1 forward pass in eval mode on `device` (the model's), following the data flow; restore modes
+    and hooks."""
     names = {id(m): path or type(m).__name__ for path, m in model.named_modules()}
     leaves = [m for m in model.modules() if next(m.children(), None) is None]
     modes = [(m, m.training) for m in model.modules()]  # per module: a model may mix train and eval parts
     first = next(iter([*model.parameters(), *model.buffers()]), None)
-    device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     flow = _DataFlow(names)
     handles = [m.register_forward_pre_hook(flow.enter, prepend=True, with_kwargs=True) for m in leaves]

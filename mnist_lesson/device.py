@@ -7,6 +7,7 @@ Introduced in notebook 00.
 
 from __future__ import annotations
 
+import itertools
 import os
 import platform
 import random
@@ -54,6 +55,14 @@ def pick_device(name: str = "auto") -> torch.device:
         raise UsageError(f"device {name!r} is not available on this machine; available: "
                          f"{', '.join(['auto', *available_devices()])}")
     return torch.device(name)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Return the device `model` computes on: that of its first parameter, else of its first buffer, else the CPU.
+    Every helper that runs a model builds or moves its inputs there, so a model trained on a GPU can be looked
+    into, evaluated and graded where it is."""
+    first = next(itertools.chain(model.parameters(), model.buffers()), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def cpu_name() -> str:

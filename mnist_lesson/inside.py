@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from torch import nn
 
+from mnist_lesson.device import model_device
 from mnist_lesson.receptive_field import layer_table
 
 # --- the receptive field on a digit ---------------------------------------------------------------------
@@ -79,8 +80,9 @@ def rf_boxes(model: nn.Module, input_size: tuple[int, int, int] = (1, 28, 28)) -
 
 
 def effective_receptive_field(model: nn.Module, images: torch.Tensor, layer: str | None = None) -> torch.Tensor:
-    """Return |d unit / d input| averaged over `images` [N, 1, H, W]: the effective receptive field of the centre
-    unit (all channels summed) of `layer` (default: the last layer with a spatial output larger than 1x1)."""
+    """Return |d unit / d input| averaged over `images` [N, 1, H, W], on the CPU: the effective receptive field of
+    the centre unit (all channels summed) of `layer` (default: the last layer with a spatial output larger than
+    1x1), measured on the model's device."""
     table = layer_table(model, tuple(images.shape[1:]))
     spatial = [row for row in table.rows if len(row.out_shape) == 3 and row.out_shape[-1] > 1]
     if not spatial:
@@ -94,7 +96,7 @@ def effective_receptive_field(model: nn.Module, images: torch.Tensor, layer: str
     was_training = model.training
     model.eval()
     try:
-        x = images.detach().clone().float().requires_grad_(True)
+        x = images.detach().to(model_device(model)).clone().float().requires_grad_(True)
         model(x)
         out = seen[-1]
         c = (out.shape[-1] - 1) // 2
@@ -102,7 +104,7 @@ def effective_receptive_field(model: nn.Module, images: torch.Tensor, layer: str
     finally:
         handle.remove()
         model.train(was_training)
-    return x.grad.abs().mean(dim=(0, 1))
+    return x.grad.abs().mean(dim=(0, 1)).cpu()
 
 
 def plot_rf_on_digit(model: nn.Module, digit: torch.Tensor, erf: torch.Tensor | None = None,
@@ -158,9 +160,10 @@ def erf_share(erf: torch.Tensor, box: RFBox, fraction: float = 0.5) -> tuple[int
 
 
 def block_outputs(model: nn.Module, images: torch.Tensor, train_mode: bool = False) -> dict[str, torch.Tensor]:
-    """Return the output [N, C, h, w] of every block (`blocks`) with a spatial map, for images [N, 1, H, W] or one
-    image [1, H, W], without gradients: in eval mode, or with `train_mode` as a training batch sees the network
-    (batch normalization using the batch's own statistics; dropout on)."""
+    """Return the output [N, C, h, w] of every block (`blocks`) with a spatial map, on the CPU, for images
+    [N, 1, H, W] or one image [1, H, W] (run on the model's device), without gradients: in eval mode, or with
+    `train_mode` as a training batch sees the network (batch normalization using the batch's own statistics;
+    dropout on)."""
     outputs: dict[str, torch.Tensor] = {}
     handles = [child.register_forward_hook(lambda module, args, out, name=name: outputs.__setitem__(name, out))
                for name, child in blocks(model)]
@@ -168,12 +171,12 @@ def block_outputs(model: nn.Module, images: torch.Tensor, train_mode: bool = Fal
     model.train(train_mode)
     try:
         with torch.no_grad():
-            model(images.reshape(-1, *images.shape[-3:]).float())
+            model(images.reshape(-1, *images.shape[-3:]).to(model_device(model)).float())
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return {name: out for name, out in outputs.items() if out.dim() == 4 and out.shape[-1] > 1}
+    return {name: out.cpu() for name, out in outputs.items() if out.dim() == 4 and out.shape[-1] > 1}
 
 
 def plot_feature_maps(model: nn.Module, image: torch.Tensor, channels: int = 6, title: str = "") -> Figure:

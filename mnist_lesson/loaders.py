@@ -177,11 +177,28 @@ def torchvision_datasets(root: str | os.PathLike[str] | None = None,
     return train, test
 
 
+class DeviceBatches:
+    """The batches of a DataLoader that pins them (page-locked memory), copied to a GPU as they come: from pinned
+    memory a `non_blocking` copy is queued behind the GPU's work instead of making the host wait for it, and `fit`'s
+    own `.to(device)` then finds each batch already there."""
+
+    def __init__(self, loader: DataLoader, device: torch.device) -> None:
+        self.loader, self.device = loader, device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        for x, y in self.loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
 def dataloaders(batch_size: int, augment: Augment = Augment(), *, validation: bool = False,
                 eval_batch_size: int = CPU_EVAL_BATCH, num_workers: int | None = None,
                 device: str | torch.device = "cpu", seed: int = 0,
-                root: str | os.PathLike[str] | None = None) -> tuple[DataLoader, EvalSets]:
-    """Return torchvision DataLoaders as the assignment built them, with the sets of `in_memory_loaders`."""
+                root: str | os.PathLike[str] | None = None) -> tuple[DataLoader | DeviceBatches, EvalSets]:
+    """Return torchvision DataLoaders as the assignment built them, with the sets of `in_memory_loaders`; for a
+    CUDA device they pin their batches and each comes wrapped in `DeviceBatches`."""
     train_set, test_set = torchvision_datasets(root, augment)
     if num_workers is None:
         num_workers = min(2, os.cpu_count() or 1)  # Colab has 2 CPUs and warns above that
@@ -198,4 +215,7 @@ def dataloaders(batch_size: int, augment: Augment = Augment(), *, validation: bo
     eval_sets["test"] = DataLoader(test_set, batch_size=eval_batch_size, shuffle=False, **common)
     if validation:
         eval_sets["train_eval"] = DataLoader(Subset(plain, range(VALIDATION_IMAGES)), eval_batch_size, **common)
-    return train, eval_sets
+    if not pin:
+        return train, eval_sets
+    gpu = torch.device(device)
+    return DeviceBatches(train, gpu), {name: DeviceBatches(loader, gpu) for name, loader in eval_sets.items()}

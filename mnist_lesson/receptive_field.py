@@ -65,6 +65,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.dataflow import CHAIN_ADVICE, SOFTMAX_MODULES, LayerCall, UnsupportedLayerError, trace_forward
+from mnist_lesson.device import model_device
 
 SUPPORTED = (
     "supports Conv2d, MaxPool2d, AvgPool2d, LPPool2d, AdaptiveAvgPool2d, AdaptiveMaxPool2d, 2D padding "
@@ -215,7 +216,7 @@ def layer_table(model: nn.Module, input_size: tuple[int, int, int] = (1, 28, 28)
         raise ValueError(f"input_size must be three positive ints (channels, height, width), got {input_size!r}")
     if size[1] != size[2]:
         raise ValueError(f"input_size must be square (the table tracks one axis), got {size[1]}x{size[2]}")
-    trace = trace_forward(model, size)
+    trace = trace_forward(model, size, model_device(model))
     geo = _Geometry(rf=1, jump=1, start=0.0, side=size[1], flat=False, shape=size, name="the input")
     rows, seen, sides = [], set(), []
     for call in trace.calls:

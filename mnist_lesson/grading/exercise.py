@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mnist_lesson.device import model_device
 from mnist_lesson.receptive_field import LayerTable, UnsupportedLayerError, layer_table
 
 STUDENT_ENV = "MNIST_LESSON_STUDENT"
@@ -263,7 +264,7 @@ def output_on_zeros(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, *shape))
+            out = model(torch.zeros(2, *shape, device=model_device(model)))  # where the student's model is
     except (RuntimeError, ValueError, TypeError, IndexError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise Explained(f"your model fails on a batch of shape {(2, *shape)}: {first[:300]}") from None
@@ -271,7 +272,7 @@ def output_on_zeros(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
         model.train(was_training)
     if not isinstance(out, torch.Tensor):
         raise Explained(f"your model returns a {type(out).__name__}, not a tensor; return the output itself.")
-    return out
+    return out.cpu()
 
 
 def table_of(model: nn.Module, shape: tuple[int, int, int]) -> LayerTable:
@@ -294,7 +295,7 @@ def log_probs_problem(out: torch.Tensor, batch: int = 2) -> str | None:
     if tuple(out.shape) != (batch, 10):
         return (f"for {batch} inputs it returns shape {tuple(out.shape)}; it must return ({batch}, 10), one "
                 "log-probability per class.")
-    if not torch.allclose(out.float().exp().sum(dim=1), torch.ones(batch), atol=1e-3):
+    if not torch.allclose(out.float().exp().sum(dim=1), torch.ones(batch, device=out.device), atol=1e-3):
         return "its outputs are not log-probabilities: end with nn.LogSoftmax(dim=1)."
     return None
 
