@@ -1,7 +1,9 @@
 """What every benchmark script shares: refusing smoke mode, naming the device, and a lock for shared files.
 
 Benchmarks measure full runs; a smoke run (MNIST_LESSON_SMOKE=1) would time a few batches and record
-nonsense, so every script refuses it before doing anything. Where each result goes, and how it is read and
+nonsense, so every script refuses it before doing anything. The one way through is a smoke check of a script's
+plumbing (its `--smoke-check`, as `benchmarks/gpu_check.sh --cpu-smoke` runs it): tiny runs whose results go to an
+explicit file outside mnist_lesson/evidence/ and say `"smoke": true`. Where each result goes, and how it is read and
 written, is `mnist_lesson.records`' business.
 """
 
@@ -22,11 +24,24 @@ from mnist_lesson.device import describe_device, set_cpu_threads
 REPO = Path(__file__).resolve().parents[1]
 
 
-def refuse_smoke_mode(what: str) -> None:
-    """Exit with status 2 and one line when $MNIST_LESSON_SMOKE asks for smoke runs."""
-    if smoke_mode():
+def refuse_smoke_mode(what: str, check: bool = False, out: Path | None = None) -> bool:
+    """Exit with status 2 and one line when $MNIST_LESSON_SMOKE asks for smoke runs; return whether they run.
+
+    Smoke runs go through only as a smoke check (`check`, a script's --smoke-check) that writes its results to
+    `out`, a file outside mnist_lesson/evidence/: the script then makes tiny runs and marks its file smoke.
+    """
+    if not smoke_mode():
+        return False
+    if not check:
         print(f"MNIST_LESSON_SMOKE is set: {what}; unset it", file=sys.stderr)
         raise SystemExit(2)
+    from mnist_lesson.records import evidence
+
+    if out is None or Path(out).resolve().is_relative_to(evidence().resolve()):
+        print("MNIST_LESSON_SMOKE is set: a smoke check writes only to a results file outside "
+              f"{evidence()}; name one", file=sys.stderr)
+        raise SystemExit(2)
+    return True
 
 
 def set_threads(threads: int | None) -> None:

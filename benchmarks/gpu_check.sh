@@ -1,32 +1,214 @@
 #!/usr/bin/env bash
-# Everything that needs a CUDA GPU, in one go, for a session that has one (none of the sessions that built the
-# course had one). Logs and results go under ${OUT:-gpu_check}; nothing in the repository is changed.
-#   0. the data must be in place first: `python -m mnist_lesson data` (or MNIST_LESSON_DATA pointing at a copy
-#      on a machine without network), so that no run below pays for a download;
-#   1. `python -m mnist_lesson train final` as a student runs it, then with --amp, --compile and both: the
-#      command's whole wall time (interpreter start and imports included) is what the 15-second target is about;
-#   2. benchmarks/speed.py with the full 15-epoch recipe: the assignment's DataLoader and every lever, side by side;
-#   3. with SEEDS=1 (optional, minutes per model on a GPU): the multi-seed verification of the final model and every
-#      rung of the ladder, seeds 0-9, into $OUT/seeds_MODEL.json (copy them to mnist_lesson/evidence/ to use them).
-set -euo pipefail
-cd "$(dirname "$0")/.."
-out="${OUT:-gpu_check}"
-mkdir -p "$out"
-python -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU visible'; print(torch.cuda.get_device_name())"
-python -m mnist_lesson data
-for flags in "" "--amp" "--compile" "--amp --compile"; do
-    name="train${flags// /}"
-    start=$(date +%s.%N)
-    # shellcheck disable=SC2086
-    python -m mnist_lesson train final --no-progress --out "$out/runs" $flags > "$out/$name.log" 2>&1
-    end=$(date +%s.%N)
-    echo "train final $flags: $(python -c "print(f'{$end - $start:.1f}')") s for the whole command" | tee -a "$out/summary.txt"
-    tail -3 "$out/$name.log"
+# What needs a CUDA GPU, in parts of at most ~8 minutes each, for a machine that has one and no network (the
+# device tool's H200, or a Colab GPU). NOTHING OF THIS HAS RUN ON A GPU YET: only --cpu-smoke has run.
+#
+#   benchmarks/gpu_check.sh PART... [--data ROOT] [--out DIR] [--seeds "0 1 ..."] [--part-seconds N]
+#   benchmarks/gpu_check.sh --cpu-smoke [PART...]
+#
+# Parts (run each in its own call: the device tool allows 10 minutes a command, 15 minutes a session):
+#   speed        `python3 -m mnist_lesson train final` as a student runs it, plain, --amp, --compile and both, each
+#                timed as the whole command (interpreter start, imports and data included: what the 15-second target
+#                is about); then benchmarks/speed.py --mode levers --epochs 2 --repeats 1 (the assignment's
+#                DataLoader against every lever, side by side in one process, as the CPU table in docs/performance.md)
+#   seeds-final  benchmarks/seeds.py --model final, seeds 0-9
+#   seeds-rungs  benchmarks/seeds.py for under8k, under5k and under3762, seeds 0 1 of each
+#   all          the three, one after the other (more than one call's 10 minutes on a GPU)
+# --cpu-smoke runs every step of the parts named (default: all) on the CPU in smoke mode (MNIST_LESSON_SMOKE=1,
+# 20 batches a run, seeds 0 1 of final and 0 of each rung, `--device cpu`, one thread a benchmark): about 2 minutes
+# on a quiet 2-core EPYC (3-4 under load), into a temporary folder unless OUT or --out names one;
+# tests/test_gpu_check.py runs it so that this script cannot rot unseen. The benchmarks refuse smoke mode except
+# through their --smoke-check, which this passes: results go to files of this check only (never
+# mnist_lesson/evidence/), each marked "smoke": true, and so is the JSON.
+#
+# How many seeds fit in a part: estimates, to be replaced by what the first GPU run measures. A step of `final` is
+# about 140 dispatched operations (issue 22). At commit 1e7e280 a TorchDispatchMode on the CPU counts 313 aten calls a
+# step of `final` (views, backward and optimizer included), 274 for under8k and under5k (their weight average no
+# longer reads the host) and 249 for under3762: the rungs make 0.88x and 0.8x final's operations a step. The
+# arithmetic is small: `final`'s 15 epochs are 22 TFLOP, which one EPYC thread did in about 340 s (the recorded CPU
+# seeds, ~66 GFLOP/s), and even at 5% of the H200's fp32 rate they take about 7 s of GPU time; so the run is
+# launch-bound, at roughly 12 us an operation, 1.6-2.1 ms a step of `final` whatever the batch:
+#   final       batch 64, 14,070 steps:                22-30 s a seed
+#   under8k,    batch 32, 28,140 steps, 0.88x a step:  38-52 s a seed each
+#   under5k
+#   under3762   batch 32, 28,140 steps, 0.8x a step:   35-48 s a seed
+# plus about 10 s a process (torch import, CUDA start, the data onto the GPU). So: seeds-final, seeds 0-9, about
+# 4-5 minutes (up to ~15 seeds would fit); seeds-rungs, seeds 0 1 of each rung, about 4-6 minutes (3 each fit only
+# at the estimates' low end); speed, 4 commands of ~35 s, two cold compiles (~0.5-1.5 min each) and speed.py (~1-2
+# min), about 4.5-8 minutes, speed.py last and the one cut if time runs out. Every step runs under `timeout`: a part
+# stops at --part-seconds (default 480) whatever the estimates say, each seeds step of the rungs gets an even share of
+# what is left, and seeds.py writes after each seed, so a stopped seeds step keeps the seeds it finished. --seeds
+# changes the seeds of the seeds parts; a rung's claim needs seeds 0-9, so the rest takes later calls (--seeds "2 3").
+#
+# The data: only from a carried folder, never downloaded (a missing file is one line and exit status 3, before any
+# run). The data root is --data, else $MNIST_LESSON_DATA, else the repository's data/ (ignored by git); it must hold
+# the four uncompressed original files, 52.4 MiB (about 55 MB) together, under ROOT/MNIST/raw/:
+#   train-images-idx3-ubyte (47,040,016 bytes)   train-labels-idx1-ubyte (60,008)
+#   t10k-images-idx3-ubyte  (7,840,016)          t10k-labels-idx1-ubyte  (10,008)
+# each checked against its MD5 (mnist_lesson/data.py) before anything runs, so ensure_mnist finds them verified and
+# never reaches for the network. Here, once, in the repository root:
+#   raw=$(python3 -m mnist_lesson data | sed -n 's/^MNIST files verified in //p')
+#   mkdir -p data/MNIST/raw && cp "$raw"/*-ubyte data/MNIST/raw/
+# then call the device tool with carry ["data"] and, e.g., command `benchmarks/gpu_check.sh speed`, timeout_s 600.
+# The working tree travels too (about 5 MB; 64 MiB in all). To carry less, compress them in place
+# (`gzip data/MNIST/raw/*-ubyte`: NAME.gz, about 11 MB together) and carry that: they are unpacked there first.
+#
+# What comes back: $OUT/gpu_check.json (one JSON: the device, torch and code version at the top and on every step,
+# each step's command, exit status, state, wall time, figures and the tail of its log; `ok` when every step exited
+# 0) and $OUT/gpu_check.log (every step's log). Every step runs even if another fails; the script exits 0 when every
+# step did, 1 when one failed, timed out or was skipped, 2 for bad arguments, 3 without the data, 4 without a CUDA
+# GPU (3 and 4 before any run). Paths given relative are taken from where it is called. Nothing in the
+# repository is changed; the runs' own files stay in a temporary folder (TMPDIR). The package is imported from
+# this checkout (PYTHONPATH), with `python3` (the device machine has Python 3.12 with torch, torchvision,
+# matplotlib and tqdm; nothing here needs torchinfo or nbclient).
+set -uo pipefail # no -e: every step runs even if one fails, and each step's exit status is recorded
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+usage() { grep '^#   benchmarks/gpu_check.sh' "$repo/benchmarks/gpu_check.sh" | sed 's/^# *//'; }
+
+smoke=0 data="" out="${OUT:-}" seeds="" part_seconds=480 parts=()
+while [ $# -gt 0 ]; do
+    case $1 in
+    --cpu-smoke) smoke=1 ;;
+    --data | --out | --seeds | --part-seconds)
+        [ $# -ge 2 ] || { echo "gpu_check: $1 needs a value" >&2; exit 2; }
+        case $1 in
+        --data) data=$2 ;;
+        --out) out=$2 ;;
+        --seeds) seeds=$2 ;;
+        --part-seconds) part_seconds=$2 ;;
+        esac
+        shift ;;
+    speed | seeds-final | seeds-rungs) parts+=("$1") ;;
+    all) parts+=(speed seeds-final seeds-rungs) ;;
+    -h | --help) usage; exit 0 ;;
+    *) echo "gpu_check: unknown argument $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
 done
-python benchmarks/speed.py --epochs 15 --repeats 1 --json "$out/speed_levers_cuda.json" 2>&1 | tee "$out/speed.log"
-if [ "${SEEDS:-0}" = "1" ]; then
-    for model in final under8k under5k under3762; do
-        python benchmarks/seeds.py --model "$model" --device cuda --seeds 0 1 2 3 4 5 6 7 8 9 \
-            --out "$out/seeds_$model.json" 2>&1 | tail -3 | tee -a "$out/seeds.log"
-    done
+if [ ${#parts[@]} -eq 0 ]; then
+    if [ $smoke = 1 ]; then
+        parts=(speed seeds-final seeds-rungs)
+    else
+        echo "gpu_check: name a part: speed, seeds-final, seeds-rungs or all" >&2; usage >&2; exit 2
+    fi
 fi
+case $part_seconds in '' | *[!0-9]*) echo "gpu_check: --part-seconds takes whole seconds" >&2; exit 2 ;; esac
+case $seeds in *[!0-9\ ]*) echo "gpu_check: --seeds takes seed numbers, e.g. \"0 1 2\"" >&2; exit 2 ;; esac
+
+export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+if [ $smoke = 1 ]; then
+    export MNIST_LESSON_SMOKE=1
+    device=cpu check=(--smoke-check --threads 1) smoke_flag=(--smoke)
+    seeds_final=${seeds:-0 1} seeds_rungs=${seeds:-0}
+    [ -n "$out" ] || out=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_out.XXXXXX")
+else
+    if [ -n "${MNIST_LESSON_SMOKE:-}" ]; then
+        echo "gpu_check: MNIST_LESSON_SMOKE is set: unset it for the real check, or pass --cpu-smoke" >&2; exit 2
+    fi
+    device=cuda check=() smoke_flag=()
+    seeds_final=${seeds:-0 1 2 3 4 5 6 7 8 9} seeds_rungs=${seeds:-0 1}
+    if [ -z "$out" ]; then
+        echo "gpu_check: set OUT (the device tool does) or pass --out DIR for gpu_check.json" >&2; exit 2
+    fi
+fi
+root=${data:-${MNIST_LESSON_DATA:-$repo/data}}
+case $root in /*) ;; *) root=$PWD/$root ;; esac
+mkdir -p "$out" || exit 2
+out=$(cd "$out" && pwd)
+cd "$repo" || exit 2
+export MNIST_LESSON_DATA="$root"
+work=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_work.XXXXXX") || exit 2
+mkdir -p "$work/logs"
+: >"$work/steps.tsv"
+has_timeout=0
+command -v timeout >/dev/null && has_timeout=1
+now() { date +%s.%N; }
+
+report() { # fold everything recorded so far into $out/gpu_check.json and $out/gpu_check.log
+    python3 benchmarks/gpu_report.py "${smoke_flag[@]}" build "$work" --out "$out/gpu_check.json" \
+        --log "$out/gpu_check.log" --parts "${parts[@]}" || echo "gpu_check: the report could not be written" >&2
+}
+trap 'report; exit 130' INT TERM
+
+echo "gpu_check: parts ${parts[*]}; device $device; data $root; results in $out; work files in $work"
+python3 benchmarks/gpu_report.py data "$root" --out "$work/data.json"
+status=$?
+if [ $status -ne 0 ]; then report; exit 3; fi
+python3 benchmarks/gpu_report.py "${smoke_flag[@]}" probe --device $device --out "$work/probe.json"
+status=$?
+if [ $status -ne 0 ]; then report; exit 4; fi
+
+failed=0
+shown='^(wall time|verdict|seed [0-9]+:|final|under|  \[|Traceback|[A-Za-z]*Error)' # log lines echoed after a step
+# step PART NAME KIND OUTPUT LIMIT -- COMMAND...: run COMMAND for at most LIMIT seconds (skipped under 15), its
+# output into the work folder's log; record part, name, kind, output, limit, start, end, exit status and command.
+step() {
+    local part=$1 name=$2 kind=$3 output=$4 limit=$5 start end status
+    shift 6
+    local log="$work/logs/$name.log"
+    if [ "$limit" -lt 15 ]; then
+        printf '%s\t%s\t%s\t%s\t%s\t\t\t\t%s\n' "$part" "$name" "$kind" "$output" "$limit" "$*" >>"$work/steps.tsv"
+        echo "[gpu_check] $part/$name: skipped, ${limit} s left of the part's ${part_seconds} s"
+        failed=1
+        return
+    fi
+    echo "[gpu_check] $part/$name: $* (at most ${limit} s)"
+    start=$(now)
+    if [ $has_timeout = 1 ]; then
+        timeout --kill-after=20 "$limit" "$@" >"$log" 2>&1 # TERM: a background job may ignore INT
+    else
+        "$@" >"$log" 2>&1
+    fi
+    status=$?
+    end=$(now)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$part" "$name" "$kind" "$output" "$limit" "$start" "$end" \
+        "$status" "$*" >>"$work/steps.tsv"
+    [ $status -eq 0 ] || failed=1
+    tr '\r' '\n' <"$log" | grep -E "$shown" | tail -n 14
+    echo "[gpu_check] $part/$name: exit $status after $(awk "BEGIN {printf \"%.1f\", $end - $start}") s"
+}
+# The seconds a step may take: what is left of the part, less 20 s for each step after it (`after N`), or an even
+# share of what is left among it and the N-1 steps after it (`share N`), so that each seeds step gets its turn.
+after() { echo $((deadline - SECONDS - 20 * $1)); }
+share() { echo $(((deadline - SECONDS) / $1)); }
+
+for part in "${parts[@]}"; do
+    deadline=$((SECONDS + part_seconds))
+    case $part in
+    speed)
+        left=4
+        for flags in "" "--amp" "--compile" "--amp --compile"; do
+            name="train-final${flags:+-}${flags//--/}"
+            name=${name// /-}
+            # shellcheck disable=SC2086 # the flags are separate words
+            step speed "$name" train "$work/runs/$name" "$(after $left)" -- \
+                python3 -m mnist_lesson train final --no-progress --device $device --out "$work/runs/$name" $flags
+            left=$((left - 1))
+        done
+        step speed speed-levers speed "$work/speed_levers.json" "$(after 0)" -- \
+            python3 benchmarks/speed.py --mode levers --epochs 2 --repeats 1 --device $device \
+            --json "$work/speed_levers.json" "${check[@]}"
+        ;;
+    seeds-final)
+        # shellcheck disable=SC2086 # the seeds are separate words
+        step seeds-final seeds-final seeds "$work/seeds_final.json" "$(after 0)" -- \
+            python3 benchmarks/seeds.py --model final --device $device --seeds $seeds_final \
+            --out "$work/seeds_final.json" "${check[@]}"
+        ;;
+    seeds-rungs)
+        left=3
+        for model in under8k under5k under3762; do
+            # shellcheck disable=SC2086 # the seeds are separate words
+            step seeds-rungs "seeds-$model" seeds "$work/seeds_$model.json" "$(share $left)" -- \
+                python3 benchmarks/seeds.py --model $model --device $device --seeds $seeds_rungs \
+                --out "$work/seeds_$model.json" "${check[@]}"
+            left=$((left - 1))
+        done
+        ;;
+    esac
+    report
+done
+trap - INT TERM
+if [ $failed = 0 ]; then verdict="every step exited 0"; else verdict="a step failed, timed out or was skipped"; fi
+echo "gpu_check: $verdict; see $out/gpu_check.json"
+exit $failed

@@ -8,6 +8,8 @@ what it finished and a rerun skips the seeds already there. Models train on all 
 claim checked is the course's: every one of the last 3 epochs of every seed (0-9 by default) reaches 99.40%
 test accuracy. No epoch is picked by its test accuracy; the recipe was chosen on the validation split. With --amp or
 --compile (speed levers that must keep the accuracy) the default file name says so: seeds_final_amp.json.
+With MNIST_LESSON_SMOKE=1 it refuses to run, unless `--smoke-check --out FILE` (FILE outside mnist_lesson/evidence/)
+asks for a check of its plumbing: smoke runs, a file marked `"smoke": true`.
 """
 
 from __future__ import annotations
@@ -48,8 +50,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="CPU threads for this process (e.g. 1 to run two side by side)")
     parser.add_argument("--amp", action="store_true", help="train with bfloat16 autocast (native bfloat16 only)")
     parser.add_argument("--compile", action="store_true", help="train a torch.compile'd model")
+    parser.add_argument("--smoke-check", action="store_true", help="with MNIST_LESSON_SMOKE=1: smoke runs that check "
+                        "this script's plumbing, into --out outside mnist_lesson/evidence/, marked smoke")
     args = parser.parse_args()
-    refuse_smoke_mode("smoke runs are never recorded")
+    smoke = refuse_smoke_mode("smoke runs are never recorded", args.smoke_check, args.out)
     speed = Speed(amp=args.amp, compile=args.compile)
     suffix = "".join(f"_{lever}" for lever in ("amp", "compile") if getattr(speed, lever))
     out = args.out or seeds_path(f"{args.model}{suffix}")
@@ -57,7 +61,7 @@ def main() -> int:
     set_threads(args.threads)
     device = pick_device(args.device)
     fresh = {"model": args.model, "runs": [], "params": count_parameters(get_model(args.model)),
-             "recipe": recipe.to_dict(), "torch": torch.__version__}
+             "recipe": recipe.to_dict(), "torch": torch.__version__, **({"smoke": True} if smoke else {})}
     with results_file(out, fresh) as data:
         if not recipe.matches(data["recipe"]):
             print(f"{out} holds runs of another recipe ({Recipe.from_dict(data['recipe'])}); move it away or pass "
@@ -69,7 +73,7 @@ def main() -> int:
                 print(f"seed {seed}: already in {out}, skipped")
                 continue
         start = time.perf_counter()
-        _, history = train_recipe(args.model, recipe, device=device, seed=seed, speed=speed, smoke=False)
+        _, history = train_recipe(args.model, recipe, device=device, seed=seed, speed=speed, smoke=smoke)
         meta = history.meta
         run = {"seed": seed, "device": meta["device"], "seconds": time.perf_counter() - start, "speed": meta["speed"],
                "code": meta["code"], "date": meta["date"], "test_acc": history.column("test_acc"),

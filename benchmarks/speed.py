@@ -14,6 +14,9 @@ memory layout, eager float32. Two modes:
 
     python benchmarks/speed.py [--mode levers|data-paths] [--epochs N] [--repeats N] [--device auto] [--json FILE]
 
+With MNIST_LESSON_SMOKE=1 it refuses to run, unless `--smoke-check --json FILE` (FILE outside
+mnist_lesson/evidence/) asks for a check of its plumbing: smoke-sized runs, a file marked `"smoke": true`.
+
 Each run is timed from building the loaders (data loading included) to the last evaluation. The table
 reports the whole run and the median of its epochs after the first (which pays for compiling), with the
 ratio of that steady epoch to the baseline's. `--epochs 15` times the full recipe, as
@@ -55,13 +58,15 @@ MODES: dict[str, tuple[str, int, dict[str, Speed]]] = {  # mode -> (model, defau
 }
 
 
-def timed_run(model: str, speed: Speed, epochs: int, device: torch.device, seed: int) -> dict[str, float | list[float]]:
-    """Train `model` with its recipe for `epochs` at `speed`; return wall time, epoch times and final accuracy."""
+def timed_run(model: str, speed: Speed, epochs: int, device: torch.device, seed: int,
+              smoke: bool = False) -> dict[str, float | list[float]]:
+    """Train `model` with its recipe for `epochs` at `speed` (`smoke`: a smoke run, for a smoke check only); return
+    wall time, epoch times and final accuracy."""
     recipe = get_recipe(model).with_overrides(epochs=epochs)
     if speed.compile:
         torch._dynamo.reset()  # each compiled run pays for its own compiling, as a fresh process would
     start = time.perf_counter()
-    _, history = train_recipe(model, recipe, device=device, seed=seed, speed=speed, progress=False, smoke=False)
+    _, history = train_recipe(model, recipe, device=device, seed=seed, speed=speed, progress=False, smoke=smoke)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return {"wall": time.perf_counter() - start, "epochs": history.column("seconds"),
@@ -79,8 +84,10 @@ def main() -> int:
                         "device; the baseline always runs)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--json", type=Path, help="results file (default mnist_lesson/evidence/speed_MODE_DEVICE.json)")
+    parser.add_argument("--smoke-check", action="store_true", help="with MNIST_LESSON_SMOKE=1: smoke runs that check "
+                        "this script's plumbing, into --json outside mnist_lesson/evidence/, marked smoke")
     args = parser.parse_args()
-    refuse_smoke_mode("it would time a few batches, not epochs")
+    smoke = refuse_smoke_mode("it would time a few batches, not epochs", args.smoke_check, args.json)
     model, default_epochs, configs = MODES[args.mode]
     epochs = args.epochs or default_epochs
     if epochs < 1 or args.repeats < 1:
@@ -100,13 +107,15 @@ def main() -> int:
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for repeat in range(args.repeats):
         for name in names:
-            run = timed_run(model, configs[name], epochs, device, seed=repeat)
+            run = timed_run(model, configs[name], epochs, device, seed=repeat, smoke=smoke)
             runs[name].append(run)
             print(f"  [{describe_device(device)}] {name:28s} run {run['wall']:6.1f} s  first epoch "
                   f"{run['epochs'][0]:5.1f} s  later epochs {steady_seconds(run['epochs']):5.1f} s  "
                   f"test acc {run['test_acc']:.2f}%", flush=True)
     data = {"device": where(device), "model": model, "mode": args.mode, "epochs": epochs, "baseline": BASELINE,
             "configs": {name: configs[name].to_dict() for name in names}, "runs": runs}
+    if smoke:
+        data["smoke"] = True
     print(f"\n{model} on {where(device)}: medians of {args.repeats} run(s) of {epochs} epoch(s)")
     print(f"  {'configuration':28s} {'run s':>7s} {'epoch s':>8s} {'vs baseline':>12s}")
     for row in summarize_speed(data).rows:
