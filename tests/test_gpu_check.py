@@ -4,7 +4,6 @@ rot unseen before a GPU runs it), its refusals, and the benchmarks' one way thro
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import json
 import os
 import re
@@ -13,9 +12,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from test_benchmarks import load_script  # benchmarks/NAME.py loaded as when run directly
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
@@ -40,19 +39,6 @@ class Absent:
 sys.meta_path[:] = [Absent()] + [finder for finder in sys.meta_path
                                  if "__editable__" not in (getattr(finder, "__module__", None) or "")]
 '''
-
-
-def load_script(name: str) -> ModuleType:
-    """Load benchmarks/NAME.py as when run directly (benchmarks/ on the path, for its `common`)."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return module
 
 
 def run_script(tmp_path: Path, *args: str, timeout: float, **env: str) -> subprocess.CompletedProcess[str]:
