@@ -12,10 +12,15 @@
 #                DataLoader against every lever, side by side in one process, as the CPU table in docs/performance.md)
 #   seeds-final  benchmarks/seeds.py --model final, seeds 0-9
 #   seeds-rungs  benchmarks/seeds.py for under8k, under5k and under3762, seeds 0 1 of each
-#   all          the three, one after the other (more than one call's 10 minutes on a GPU)
-# --cpu-smoke runs every step of the parts named (default: all) on the CPU in smoke mode (MNIST_LESSON_SMOKE=1,
-# 20 batches a run, seeds 0 1 of final and 0 of each rung, `--device cpu`, one thread a benchmark): about 2 minutes
-# on a quiet 2-core EPYC (3-4 under load), into a temporary folder unless OUT or --out names one;
+#   notebooks    notebooks 02-08 top to bottom in smoke mode, then 02 in full (benchmarks/gpu_notebooks.py, each on a
+#                copy in a fresh kernel), to prove that no cell of a lesson breaks on a GPU; the executed copies come
+#                back as notebooks_executed.tar.gz. Needs nbclient, ipykernel and torchinfo, which the device machine
+#                lacks: carry them as wheels (the device tool's README), install them with --target and put that
+#                folder on PYTHONPATH before calling this script
+#   all          the four, one after the other (more than one call's 10 minutes on a GPU)
+# --cpu-smoke runs every step of the parts named (default: all but notebooks; its smoke check runs 02 alone) on the
+# CPU in smoke mode (MNIST_LESSON_SMOKE=1, 20 batches a run, seeds 0 1 of final and 0 of each rung, `--device cpu`,
+# one thread a benchmark): about 2 minutes on a quiet 2-core EPYC (3-4 under load), into a temporary folder unless OUT or --out names one;
 # tests/test_gpu_check.py runs it so that this script cannot rot unseen. The benchmarks refuse smoke mode except
 # through their --smoke-check, which this passes: results go to files of this check only (never
 # mnist_lesson/evidence/), each marked "smoke": true, and so is the JSON.
@@ -78,8 +83,8 @@ while [ $# -gt 0 ]; do
         --part-seconds) part_seconds=$2 ;;
         esac
         shift ;;
-    speed | seeds-final | seeds-rungs) parts+=("$1") ;;
-    all) parts+=(speed seeds-final seeds-rungs) ;;
+    speed | seeds-final | seeds-rungs | notebooks) parts+=("$1") ;;
+    all) parts+=(speed seeds-final seeds-rungs notebooks) ;;
     -h | --help) usage; exit 0 ;;
     *) echo "gpu_check: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -89,7 +94,7 @@ if [ ${#parts[@]} -eq 0 ]; then
     if [ $smoke = 1 ]; then
         parts=(speed seeds-final seeds-rungs)
     else
-        echo "gpu_check: name a part: speed, seeds-final, seeds-rungs or all" >&2; usage >&2; exit 2
+        echo "gpu_check: name a part: speed, seeds-final, seeds-rungs, notebooks or all" >&2; usage >&2; exit 2
     fi
 fi
 case $part_seconds in '' | *[!0-9]*) echo "gpu_check: --part-seconds takes whole seconds" >&2; exit 2 ;; esac
@@ -99,14 +104,14 @@ export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKE
 if [ $smoke = 1 ]; then
     export MNIST_LESSON_SMOKE=1
     device=cpu check=(--smoke-check --threads 1) smoke_flag=(--smoke)
-    seeds_final=${seeds:-0 1} seeds_rungs=${seeds:-0}
+    seeds_final=${seeds:-0 1} seeds_rungs=${seeds:-0} notebooks_smoke=02
     [ -n "$out" ] || out=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check_out.XXXXXX")
 else
     if [ -n "${MNIST_LESSON_SMOKE:-}" ]; then
         echo "gpu_check: MNIST_LESSON_SMOKE is set: unset it for the real check, or pass --cpu-smoke" >&2; exit 2
     fi
     device=cuda check=() smoke_flag=()
-    seeds_final=${seeds:-0 1 2 3 4 5 6 7 8 9} seeds_rungs=${seeds:-0 1}
+    seeds_final=${seeds:-0 1 2 3 4 5 6 7 8 9} seeds_rungs=${seeds:-0 1} notebooks_smoke="02 03 04 05 06 07 08"
     if [ -z "$out" ]; then
         echo "gpu_check: set OUT (the device tool does) or pass --out DIR for gpu_check.json" >&2; exit 2
     fi
@@ -139,7 +144,7 @@ status=$?
 if [ $status -ne 0 ]; then report; exit 4; fi
 
 failed=0
-shown='^(wall time|verdict|seed [0-9]+:|final|under|  \[|Traceback|[A-Za-z]*Error)' # log lines echoed after a step
+shown='^(wall time|verdict|seed [0-9]+:|final|under|notebook |  \[|Traceback|[A-Za-z]*Error)' # log lines echoed after a step
 # step PART NAME KIND OUTPUT LIMIT -- COMMAND...: run COMMAND for at most LIMIT seconds (skipped under 15), its
 # output into the work folder's log; record part, name, kind, output, limit, start, end, exit status and command.
 step() {
@@ -204,6 +209,17 @@ for part in "${parts[@]}"; do
                 --out "$work/seeds_$model.json" "${check[@]}"
             left=$((left - 1))
         done
+        ;;
+    notebooks)
+        # shellcheck disable=SC2086 # the notebooks are separate words
+        step notebooks notebooks-smoke notebooks "$work/notebooks_smoke.json" "$(after $((1 - smoke)))" -- \
+            env -u MPLBACKEND MNIST_LESSON_SMOKE=1 python3 benchmarks/gpu_notebooks.py $notebooks_smoke \
+            --out "$work/notebooks_smoke.json" --executed "$work/executed/smoke"
+        if [ $smoke = 0 ]; then
+            step notebooks notebooks-full notebooks "$work/notebooks_full.json" "$(after 0)" -- \
+                env -u MPLBACKEND python3 benchmarks/gpu_notebooks.py 02 --out "$work/notebooks_full.json" --executed "$work/executed/full"
+        fi
+        [ -d "$work/executed" ] && tar czf "$out/notebooks_executed.tar.gz" -C "$work" executed
         ;;
     esac
     report

@@ -197,8 +197,17 @@ def seeds_figures(output: Path, log: str) -> dict[str, Any]:
             "recipe": data["recipe"], "seeds_done": [run["seed"] for run in runs], "summary": summary, "runs": runs}
 
 
+def notebooks_figures(output: Path, log: str) -> dict[str, Any]:
+    """benchmarks/gpu_notebooks.py: each notebook that finished, whether every cell ran, and the device it printed."""
+    if not output.is_file():
+        return {"printed": lines_with(log, "notebook ", "running ")}
+    data = read_json(output)
+    return {"torch": data["torch"], "smoke": data["smoke"], "runs": data["runs"],
+            "failed": [run["notebook"] for run in data["runs"] if not run["ok"]]}
+
+
 FIGURES: dict[str, Callable[[Path, str], dict[str, Any]]] = {
-    "train": train_figures, "speed": speed_figures, "seeds": seeds_figures}
+    "train": train_figures, "speed": speed_figures, "seeds": seeds_figures, "notebooks": notebooks_figures}
 
 
 def step_record(step: dict[str, str], work: Path, machine: dict[str, Any]) -> dict[str, Any]:
