@@ -213,7 +213,7 @@ for part in "${parts[@]}"; do
     notebooks)
         # shellcheck disable=SC2086 # the notebooks are separate words
         step notebooks notebooks-smoke notebooks "$work/notebooks_smoke.json" "$(after $((1 - smoke)))" -- \
-            env -u MPLBACKEND MNIST_LESSON_SMOKE=1 python3 benchmarks/gpu_notebooks.py $notebooks_smoke \
+            env -u MPLBACKEND MNIST_LESSON_SMOKE=1 python3 benchmarks/gpu_notebooks.py --smoke-check $notebooks_smoke \
             --out "$work/notebooks_smoke.json" --executed "$work/executed/smoke"
         if [ $smoke = 0 ]; then
             step notebooks notebooks-full notebooks "$work/notebooks_full.json" "$(after 0)" -- \

@@ -1,11 +1,12 @@
 """Run lesson notebooks top to bottom, each in a fresh kernel, on copies: which ran through, how long, on what device.
 
     python3 benchmarks/gpu_notebooks.py --out FILE.json [--executed DIR] NOTEBOOK...
+    MNIST_LESSON_SMOKE=1 python3 benchmarks/gpu_notebooks.py --smoke-check --out FILE.json NOTEBOOK...
 
 gpu_check.sh's `notebooks` part runs this on the GPU machine: notebooks 02-08 in smoke mode, then 02 in full, to
 prove that no cell of a lesson breaks on a GPU. NOTEBOOK is a file name in notebooks/ (`02_receptive_field.ipynb`)
 or its two-digit prefix (`02`). Each runs on a copy in a temporary folder (the checkout's notebooks are never
-rewritten: their stored outputs come from the CPU series), in the mode $MNIST_LESSON_SMOKE asks for, on the device
+rewritten: their stored outputs come from the CPU series), in full, or in smoke mode with --smoke-check, on the device
 the notebook's own device cell picks. FILE.json is rewritten after every notebook (a stopped run keeps the ones that
 finished): per notebook its mode, wall time, whether every cell ran, the first failing cell and its error, and the
 device line the notebook printed. The executed copies go to DIR when given. Exit status 1 when a notebook failed.
@@ -22,9 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import REPO
+from common import REPO, refuse_smoke_mode
 
-from mnist_lesson.config import smoke_mode
 from mnist_lesson.records import write_json
 
 TIMEOUT_S = 1800  # per cell
@@ -52,7 +52,7 @@ def printed(nb: Any) -> list[str]:
     return lines
 
 
-def run_one(path: Path, work: Path) -> tuple[dict[str, Any], Any]:
+def run_one(path: Path, work: Path, smoke: bool) -> tuple[dict[str, Any], Any]:
     """Execute a copy of the notebook at `path` under `work`; return its record and the executed notebook."""
     import nbformat
     from nbclient import NotebookClient
@@ -62,7 +62,7 @@ def run_one(path: Path, work: Path) -> tuple[dict[str, Any], Any]:
     shutil.copy2(path, copy)
     nb = nbformat.read(copy, as_version=4)
     client = NotebookClient(nb, timeout=TIMEOUT_S, kernel_name="python3", resources={"metadata": {"path": str(work)}})
-    record: dict[str, Any] = {"notebook": path.name, "mode": "smoke" if smoke_mode() else "full",
+    record: dict[str, Any] = {"notebook": path.name, "mode": "smoke" if smoke else "full",
                               "cells": sum(cell.cell_type == "code" for cell in nb.cells)}
     start = time.perf_counter()
     try:
@@ -83,18 +83,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("notebooks", nargs="+", help="file names in notebooks/, or their two-digit prefixes")
     parser.add_argument("--out", type=Path, required=True, help="the JSON of what ran")
     parser.add_argument("--executed", type=Path, help="a folder for the executed copies")
+    parser.add_argument("--smoke-check", action="store_true", help="with MNIST_LESSON_SMOKE=1: the notebooks in "
+                        "smoke mode (whether every cell runs, not what it measures), into --out outside evidence/")
     args = parser.parse_args(argv)
+    smoke = refuse_smoke_mode("a full run of the notebooks was asked for (pass --smoke-check for smoke mode)",
+                              args.smoke_check, args.out)
     paths = [find_notebook(name) for name in args.notebooks]
     import nbformat
     import torch
 
     runs: list[dict[str, Any]] = []
-    report = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available(), "smoke": smoke_mode(),
+    report = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available(), "smoke": smoke,
               "runs": runs}
     with tempfile.TemporaryDirectory(prefix="gpu_notebooks.") as temporary:
         for path in paths:
-            print(f"running {path.name} ({'smoke' if smoke_mode() else 'full'}) ...", flush=True)
-            record, nb = run_one(path, Path(temporary))
+            print(f"running {path.name} ({'smoke' if smoke else 'full'}) ...", flush=True)
+            record, nb = run_one(path, Path(temporary), smoke)
             runs.append(record)
             write_json(args.out, report)
             if args.executed is not None:

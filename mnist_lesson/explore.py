@@ -119,7 +119,12 @@ def explore(knobs: Knobs | None = None, *, train: bool = False, limit: int = BUD
 
 def explore_widgets() -> Any:
     """Return ipywidgets controls for the main knobs, redrawing `explore` on every change (Jupyter and Colab)."""
-    import ipywidgets as widgets
+    try:
+        import ipywidgets as widgets
+    except ImportError as error:
+        raise ImportError("explore_widgets needs ipywidgets, which Colab ships and `pip install mnist_lesson` "
+                          "installs; here it is missing: `pip install ipywidgets`, then restart the kernel, or "
+                          "call explore(widths=..., dropout=...) directly, which needs no widgets") from error
 
     def show(width: int, pool_after: int, transition: int, batch_norm: bool, dropout: float, gap: bool,
              head_width: int) -> Figure:

@@ -11,7 +11,9 @@ checkout. One section per format:
   `summarize_study`, `measure_noise`);
 - legacy/ladder_trials_test_judged.jsonl: the ladder's first single-seed trials (`read_trials`);
 - notebook_times.json, grading_times.json, speed_*.json: what the benchmarks timed (`read_notebook_times`,
-  `read_grading_times`, `read_speed`).
+  `read_grading_times`, `read_speed`);
+- gpu_check_*.json: benchmarks/gpu_check.sh's reports from a GPU machine (`read_gpu_check`); the seeds it ran there
+  are seeds files of their own (seeds_final_cuda.json).
 
 Smoke runs are never recorded. The one judge of the course's claim is `claim_holds` (one run) and
 `SeedsSummary.holds` (every seed), both asking whether every one of the last epochs reaches the target.
@@ -213,9 +215,12 @@ class SeedsFile:
     @property
     def label(self) -> str:
         """The model's name plus what sets the file apart: the speed levers its runs used and any difference from
-        the model's registered recipe, e.g. "final (amp)" or "under5k (recipe with ema=0)"."""
+        the model's registered recipe, and a GPU's runs, e.g. "final (amp)", "under5k (recipe with ema=0)" or
+        "final (on a GPU)"."""
         parts = [lever for lever in ("amp", "compile")
                  if any(run.meta.get("speed", {}).get(lever) for run in self.runs)]
+        if any(run.device.startswith("cuda") for run in self.runs):
+            parts.append("on a GPU")
         changes = recipe_changes(self.model, self.recipe)
         if changes:
             parts.append(f"recipe with {', '.join(changes)}")
@@ -528,6 +533,57 @@ def summarize_speed(data: Mapping[str, Any]) -> SpeedSummary:
 def read_speed(path: Path) -> SpeedSummary:
     """Read a speed benchmark file (e.g. one of `speed_paths()`) and return its summary."""
     return summarize_speed(read_json(path))
+
+
+# --- gpu_check_*.json: what benchmarks/gpu_check.sh measured on a GPU ----------------------------------------
+
+
+def gpu_check_paths() -> list[Path]:
+    """Return every gpu_check.sh report kept as evidence, in name order."""
+    return sorted(evidence().glob("gpu_check_*.json"))
+
+
+@dataclass(frozen=True)
+class GpuStep:
+    """One step of a gpu_check.sh report: how it ended and what it measured."""
+
+    part: str
+    name: str
+    state: str  # "ok", "failed", "timed out" or "skipped: ..."
+    seconds: float | None  # the step's wall time, the command's start included
+    limit_s: int | None
+    run_s: float | None  # a training command's own wall time, data loading included
+    epoch_s: tuple[float, ...]
+    test_acc: tuple[float, ...]
+    notebooks: tuple[Mapping[str, Any], ...]  # a notebooks step: per notebook, mode, ok, seconds, error
+    seeds: tuple[Mapping[str, Any], ...]  # a seeds step: every seed it finished (kept when it was stopped)
+
+
+@dataclass(frozen=True)
+class GpuCheck:
+    """A gpu_check.sh report (benchmarks/gpu_report.py): the machine, torch, the code, and every step."""
+
+    device: str
+    torch: str
+    code: str
+    date: str
+    steps: tuple[GpuStep, ...]
+
+
+def read_gpu_check(path: Path) -> GpuCheck:
+    """Read a gpu_check.sh report (e.g. one of `gpu_check_paths()`)."""
+    data = read_json(path)
+    if data.get("smoke"):
+        raise ValueError(f"{path} is a smoke check's report: its figures are not measurements")
+    steps = []
+    for step in data["steps"]:
+        figures = step.get("figures") or {}
+        runs = tuple(figures.get("runs") or ())
+        steps.append(GpuStep(step["part"], step["name"], step["state"], step["seconds"], step["limit_s"],
+                             figures.get("run_s"), tuple(figures.get("epoch_s") or ()),
+                             tuple(figures.get("test_acc") or ()), runs if step["part"] == "notebooks" else (),
+                             runs if step["part"].startswith("seeds") else ()))
+    return GpuCheck(data["device"], data["torch"], data["code"], data["date"], tuple(steps))
 
 
 # Public results this course compares itself with, each one run's best epoch picked on the test set:

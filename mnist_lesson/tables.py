@@ -14,7 +14,7 @@ from typing import Any
 from mnist_lesson.config import LAST_EPOCHS, TARGET
 from mnist_lesson.models import MODELS, get_model
 from mnist_lesson.receptive_field import layer_table
-from mnist_lesson.records import RunSummary, SeedsFile, SeedsSummary, SpeedSummary, Trial, claim_holds
+from mnist_lesson.records import GpuCheck, RunSummary, SeedsFile, SeedsSummary, SpeedSummary, Trial, claim_holds
 from mnist_lesson.studies import DesignSummary, best_design, compare
 
 
@@ -176,3 +176,39 @@ def seed_groups_table(summaries: Sequence[SeedsSummary], groups: dict[str, Seque
             cells.append(f"{held} of {len(ran)} hold, worst {worst:.2f}" if ran else "not run yet")
         rows.append(f"| {s.model} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def gpu_check_table(checks: Sequence[GpuCheck]) -> str:
+    """Return the markdown table of gpu_check.sh's reports (`records.read_gpu_check`): every step, how it ended, and
+    what it measured."""
+    if not checks:
+        return "Not measured yet: no GPU has run `benchmarks/gpu_check.sh`."
+    rows = ["| device, torch, code (date) | step | ended | wall s (limit) | what it measured |",
+            "|---|---|---|---:|---|"]
+    for check in checks:
+        for step in check.steps:
+            wall = "-" if step.seconds is None else f"{step.seconds:.1f}"
+            rows.append(f"| {check.device}, {check.code} ({check.date[:10]}) | {step.part}/{step.name} | {step.state} "
+                        f"| {wall} ({step.limit_s}) | {_gpu_figures(step)} |")
+    return "\n".join(rows)
+
+
+def _gpu_figures(step: Any) -> str:
+    if step.notebooks:
+        return "; ".join(
+            f"{run['notebook'][:2]} ({run['mode']}): " + ("every cell ran" if run["ok"] else
+                                                          f"stopped at cell {run['error']['cell']}, "
+                                                          f"{run['error']['ename']}: {run['error']['evalue']}")
+            + f" in {run['seconds']:.1f} s" for run in step.notebooks)
+    if step.seeds:
+        return "seeds finished: " + "; ".join(f"{run['seed']} (last {LAST_EPOCHS} epochs "
+                                              f"{_accs(run['test_acc'][-LAST_EPOCHS:])}, {run['seconds']:.0f} s)"
+                                              for run in step.seeds)
+    if step.run_s is None:
+        return "nothing: stopped before the end" if step.state != "ok" else "-"
+    epochs = step.epoch_s
+    later = statistics.median(epochs[1:]) if len(epochs) > 1 else epochs[0]
+    last = step.test_acc[-LAST_EPOCHS:]
+    return (f"{len(epochs)} epochs in {step.run_s:.1f} s, data included (first epoch {epochs[0]:.1f} s, later ones "
+            f"{later:.1f} s median); last {len(last)} epochs {_accs(last)}: "
+            + ("every one reaches" if claim_holds(step.test_acc) else "NOT every one reaches") + f" {TARGET:.2f}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
-ARGUMENTS = {"design.py": ["steps"]}
+ARGUMENTS = {"design.py": ["steps"], "gpu_notebooks.py": ["02", "--out", "notebooks.json"], "gpu_collect.py": ["."]}
 
 
 # readme_tables.py trains nothing; the grader always runs notebooks in smoke mode, so grading.py does not care.
@@ -111,3 +112,32 @@ def test_every_benchmark_script_shares_the_common_boilerplate() -> None:
         assert "smoke_mode()" not in source, f"{name}: use common.refuse_smoke_mode"
         if name not in {"readme_tables.py", "grading.py"}:
             assert "refuse_smoke_mode(" in source, name
+
+
+def test_gpu_collect_folds_json_and_logs_into_one_seeds_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeds from a gpu_check report and from a seeds file, plus a run rebuilt from its log (said so); a log of an
+    unfinished run is left out; the result reads like any seeds file."""
+    from mnist_lesson.records import read_seeds, summarize_seeds
+
+    monkeypatch.delenv("MNIST_LESSON_SMOKE", raising=False)  # it reads recorded runs, and refuses smoke mode
+    collect = load_script("gpu_collect")
+    recipe = {"epochs": 2, "batch_size": 64}
+    run = {"device": "cuda (X)", "seconds": 9.0, "code": "git abc", "test_acc": [99.45, 99.5], "train_acc": [98, 99],
+           "test_loss": [0.03, 0.02]}
+    (tmp_path / "final_a.json").write_text(json.dumps({"steps": [{"figures": {
+        "model": "final", "runs": [{**run, "seed": 0, "claim_holds": False}]}}]}))
+    (tmp_path / "final_s1.json").write_text(json.dumps({"model": "final", "params": 18152, "recipe": recipe,
+                                                         "torch": "2.x", "runs": [{**run, "seed": 1}]}))
+    lines = ["epoch 1/2:  50%|#  | 1/2 [00:01<00:01]",
+             "epoch  1/2: train loss 0.3656 acc 88.71% | test loss 0.0880 acc 97.28% | lr 0.01521 | 15.6 s",
+             "epoch  2/2: train loss 0.1483 acc 95.56% | test loss 0.0460 acc 99.46% | lr 4e-07 | 6.3 s"]
+    (tmp_path / "final_s2.log").write_text("\n".join(lines) + "\n")
+    (tmp_path / "final_s3.log").write_text(lines[1] + "\n")  # stopped after epoch 1 of 2
+    out = tmp_path / "seeds_final_cuda.json"
+    assert collect.main([str(tmp_path), "--out", str(out)]) == 0
+    seeds = read_seeds(out)
+    assert [r.seed for r in seeds.runs] == [0, 1, 2] and seeds.recipe == recipe
+    rebuilt = seeds.runs[2]
+    assert rebuilt.test_acc == (97.28, 99.46) and rebuilt.meta["from"] == "log" and rebuilt.device == "cuda (X)"
+    assert rebuilt.seconds == pytest.approx(21.9) and "claim_holds" not in json.loads(out.read_text())["runs"][0]
+    assert summarize_seeds(out).last_accs == {0: (99.45, 99.5), 1: (99.45, 99.5), 2: (97.28, 99.46)}

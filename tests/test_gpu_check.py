@@ -221,3 +221,46 @@ def test_a_smoke_check_passes_only_with_a_results_file_outside_evidence(
     assert common.refuse_smoke_mode("x", check=True, out=Path("/tmp/x.json")) is True
     monkeypatch.delenv("MNIST_LESSON_SMOKE")
     assert common.refuse_smoke_mode("x") is False and common.refuse_smoke_mode("x", check=True) is False
+
+
+@pytest.mark.slow  # a notebook kernel on the CPU
+def test_cpu_smoke_notebooks_part_runs_notebook_02_on_a_copy(tmp_path: Path, mnist_root: Path) -> None:
+    """The notebooks part (what the device machine runs with carried nbclient/ipykernel wheels): notebook 02 in
+    smoke mode on a copy, its record in the JSON, the executed copy back as a tarball, the checkout untouched."""
+    notebook = REPO / "notebooks" / "02_receptive_field.ipynb"
+    before = notebook.stat().st_mtime_ns
+    out = tmp_path / "out"
+    environ = {key: value for key, value in os.environ.items() if key not in {"OUT", "MNIST_LESSON_SMOKE"}}
+    environ.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", TMPDIR=str(tmp_path),
+                   MNIST_LESSON_DATA=str(mnist_root))
+    done = subprocess.run(["bash", str(SCRIPT), "--cpu-smoke", "notebooks", "--out", str(out)], cwd=tmp_path,
+                          env=environ, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(path.name for path in out.iterdir()) == ["gpu_check.json", "gpu_check.log",
+                                                             "notebooks_executed.tar.gz"]
+    report = json.loads((out / "gpu_check.json").read_text())
+    (step,) = report["steps"]
+    assert step["name"] == "notebooks-smoke" and step["state"] == "ok"
+    (run,) = step["figures"]["runs"]
+    assert run["notebook"] == notebook.name and run["ok"] and run["mode"] == "smoke" and run["error"] is None
+    assert any("running on cpu" in line for line in run["printed"])
+    assert notebook.stat().st_mtime_ns == before
+
+
+def test_a_failing_notebook_is_named_with_its_cell_and_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    notebooks = load_script("gpu_notebooks")
+    import nbformat
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print('torch x, running on cpu')"),
+                                         nbformat.v4.new_markdown_cell("a lesson"),
+                                         nbformat.v4.new_code_cell("import not_a_module_anywhere")])
+    path = tmp_path / "99_broken.ipynb"
+    nbformat.write(nb, path)
+    work = tmp_path / "work"
+    work.mkdir()
+    record, _ = notebooks.run_one(path, work, smoke=True)
+    assert record["ok"] is False and record["cells"] == 2 and record["mode"] == "smoke"
+    assert record["error"]["cell"] == 2 and record["error"]["ename"] == "ModuleNotFoundError"
+    assert record["printed"] == ["torch x, running on cpu"]
+    with pytest.raises(SystemExit, match="names 0 notebooks"):
+        notebooks.find_notebook("99")

@@ -318,3 +318,24 @@ def test_a_study_whose_recorded_recipe_no_longer_matches_says_which_design_and_w
 
 def test_the_committed_design_runs_have_no_stale_design() -> None:
     assert all(stale_designs(study) == [] for study in STUDIES)
+
+
+def test_the_gpu_reports_read_as_recorded() -> None:
+    """Every gpu_check report kept as evidence reads; the timed `train final` run has its epochs and accuracies."""
+    from mnist_lesson.records import gpu_check_paths, read_gpu_check
+
+    checks = [read_gpu_check(path) for path in gpu_check_paths()]
+    assert checks and all(check.device.startswith("cuda") and check.code and check.torch for check in checks)
+    trains = [step for check in checks for step in check.steps if step.name == "train-final" and step.state == "ok"]
+    assert trains and all(len(step.epoch_s) == len(step.test_acc) == 15 and step.run_s > 0 for step in trains)
+    notebooks = [run for check in checks for step in check.steps for run in step.notebooks]
+    assert {run["notebook"][:2] for run in notebooks} >= {"02", "08"}
+
+
+def test_a_smoke_gpu_report_is_refused(tmp_path: Path) -> None:
+    from mnist_lesson.records import read_gpu_check
+
+    path = tmp_path / "gpu_check_x.json"
+    path.write_text('{"smoke": true, "steps": []}')
+    with pytest.raises(ValueError, match="smoke"):
+        read_gpu_check(path)

@@ -1,0 +1,86 @@
+"""Fold what a GPU lease brought back into the evidence: every finished seed of a model into seeds_MODEL_cuda.json.
+
+    python benchmarks/gpu_collect.py FOLDER [--model final] [--out FILE]
+
+FOLDER holds what gpu_session.sh (gpu_check.json files: final_a.json, ...) and direct seeds.py calls (seeds files,
+or their logs when the files did not come back) returned, copied as they came. A seed found both ways is taken from
+its JSON. A run rebuilt from a log (the epoch lines `seeds.py` prints) says so ("from": "log"); its test accuracies
+are the printed two-decimal figures, the same as the JSON's. The output is a seeds file in benchmarks/seeds.py's
+format, so the README's tables and `records.summarize_seeds` read it like any other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from common import refuse_smoke_mode
+
+from mnist_lesson.records import read_json, seeds_path, summarize_seeds, write_json
+
+EPOCH = re.compile(r"^epoch\s+(\d+)/(\d+): train loss ([\d.]+) acc ([\d.]+)% \| test loss ([\d.]+) acc ([\d.]+)% "
+                   r"\| lr \S+ \| ([\d.]+) s$")
+
+
+def runs_in_check(path: Path, model: str) -> list[dict[str, Any]]:
+    """Return the finished seeds of `model` in one gpu_check.json."""
+    report = read_json(path)
+    runs = []
+    for step in report.get("steps", []):
+        figures = step.get("figures") or {}
+        if figures.get("model") == model:
+            runs += [{key: value for key, value in run.items() if key != "claim_holds"} for run in figures["runs"]]
+    return runs
+
+
+def run_from_log(path: Path, seed: int, device: str, code: str) -> dict[str, Any] | None:
+    """Return the run a seeds.py log printed, epoch by epoch, or None when it did not finish every epoch."""
+    epochs = [match.groups() for line in path.read_text(errors="replace").split("\n")
+              if (match := EPOCH.match(line.strip().split("\r")[-1].strip()))]
+    if not epochs or int(epochs[-1][0]) != int(epochs[-1][1]) or len(epochs) != int(epochs[-1][1]):
+        return None
+    return {"seed": seed, "device": device, "seconds": sum(float(e[6]) for e in epochs), "from": "log", "code": code,
+            "test_acc": [float(e[5]) for e in epochs], "train_acc": [float(e[3]) for e in epochs],
+            "test_loss": [float(e[4]) for e in epochs]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("--model", default="final")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    refuse_smoke_mode("it records runs, and smoke runs are never recorded")
+    out = args.out or seeds_path(f"{args.model}_cuda")
+    found: dict[int, dict[str, Any]] = {}
+    header: dict[str, Any] | None = None
+    for path in sorted(args.folder.glob("*.json")):
+        data = read_json(path)
+        if "steps" in data:  # a gpu_check.json
+            for run in runs_in_check(path, args.model):
+                found.setdefault(run["seed"], run)
+        elif data.get("model") == args.model:  # a seeds file
+            header = header or {key: value for key, value in data.items() if key != "runs"}
+            for run in data["runs"]:
+                found.setdefault(run["seed"], run)
+    if header is None:
+        raise SystemExit(f"gpu_collect: no seeds file of {args.model} in {args.folder} to take the recipe from")
+    if any(run.get("smoke") for run in found.values()) or header.get("smoke"):
+        raise SystemExit("gpu_collect: smoke runs are never recorded")
+    device = next(iter(found.values()))["device"]
+    code = next(iter(found.values())).get("code", "unknown")
+    for log in sorted(args.folder.glob(f"{args.model}_s*.log")):
+        seed = int(log.stem.split("_s")[-1])
+        if seed not in found and (run := run_from_log(log, seed, device, code)) is not None:
+            found[seed] = run
+    write_json(out, {**header, "runs": [found[seed] for seed in sorted(found)]})
+    print(f"{len(found)} seed(s) of {args.model} in {out}")
+    print("\n".join(summarize_seeds(out).lines()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
