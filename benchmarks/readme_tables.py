@@ -32,6 +32,7 @@ from mnist_lesson.records import (
     find_trial,
     gpu_check_paths,
     measure_noise,
+    read_dispatch_counts,
     read_gpu_check,
     read_grading_times,
     read_notebook_times,
@@ -46,6 +47,7 @@ from mnist_lesson.records import (
     summarize_study,
 )
 from mnist_lesson.tables import (
+    dispatch_table,
     gpu_check_table,
     grading_table,
     ladder_table,
@@ -186,6 +188,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "amp-verdict": amp_verdict,
     "gpu-check": lambda: gpu_check_table([read_gpu_check(path) for path in gpu_check_paths()]),
     "gpu-verdict": gpu_verdict,
+    "dispatch-counts": lambda: dispatch_table(read_dispatch_counts()),
     "notebook-times": lambda: notebook_times_table(read_notebook_times()),
     "grading-times": lambda: grading_table(read_grading_times()),
 }

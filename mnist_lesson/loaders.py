@@ -1,8 +1,8 @@
 """Two ways to feed MNIST to a model: torchvision's Dataset + DataLoader, and an in-memory fast path.
 
 The fast path keeps the whole split as one uint8 tensor on the training device, draws shuffled
-mini-batches by indexing it, augments a whole batch at once (affine_grid + grid_sample) and
-normalizes on the fly. Both paths give the same normalized tensors (tests/test_loaders.py) and the
+mini-batches by indexing it, augments a chunk of whole batches at once (affine_grid + grid_sample)
+and normalizes on the fly. Both paths give the same normalized tensors (tests/test_loaders.py) and the
 same sets: the training images, optionally without the last 10,000 (the validation split, on which
 design choices are judged), and the test set. Introduced in notebook 00.
 """
@@ -25,6 +25,7 @@ from mnist_lesson.config import CPU_EVAL_BATCH, VALIDATION_IMAGES, Augment
 from mnist_lesson.data import DataError, ensure_mnist
 from mnist_lesson.train import Batch
 
+CHUNK_IMAGES = 1024  # images gathered and augmented in one go: about 3 MB as float, so a chunk stays in a CPU cache
 # Pixel statistics of the 60,000 training images (as fractions of 255); notebook 00 computes them.
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -99,7 +100,8 @@ class InMemoryLoader:
     """Mini-batches of one MNIST split held on the device: shuffled, optionally augmented, normalized."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *, shuffle: bool = False,
-                 augment: Augment = Augment(), device: str | torch.device = "cpu", seed: int = 0) -> None:
+                 augment: Augment = Augment(), device: str | torch.device = "cpu", seed: int = 0,
+                 chunk_images: int | None = None) -> None:
         if images.dtype != torch.uint8 or images.ndim != 3 or labels.shape != images.shape[:1] \
                 or labels.dtype.is_floating_point or labels.dtype == torch.bool:
             raise ValueError(f"expected uint8 images [N, H, W] and integer labels [N], got {images.dtype} "
@@ -112,6 +114,11 @@ class InMemoryLoader:
         self.shuffle = shuffle
         self.augment = augment
         self.generator = torch.Generator().manual_seed(seed)
+        chunk_images = CHUNK_IMAGES if chunk_images is None else chunk_images
+        if isinstance(chunk_images, bool) or not isinstance(chunk_images, int) or chunk_images < 1:
+            raise ValueError(f"chunk_images must be a positive integer, got {chunk_images!r}")
+        # Whole batches per chunk, at least one: every batch is a slice of one chunk.
+        self.chunk = batch_size * max(1, chunk_images // batch_size)
 
     def __len__(self) -> int:
         return math.ceil(len(self.labels) / self.batch_size)
@@ -124,12 +131,17 @@ class InMemoryLoader:
             # The whole epoch's random numbers in one draw and one copy to the device: a copy per batch
             # would make the host wait for the GPU every step. Same numbers as drawing batch by batch.
             draws = random_draws(n, self.generator).to(self.images.device, non_blocking=True)
-        for start in range(0, n, self.batch_size):
-            index = order[start : start + self.batch_size]
+        # Images are gathered, augmented and normalized a chunk of whole batches at a time, then handed out batch
+        # by batch as slices: a handful of operations per chunk instead of per batch (on a GPU each one is a launch
+        # the host must make). Each image's numbers are the same as when it was done batch by batch.
+        for begin in range(0, n, self.chunk):
+            index = order[begin : begin + self.chunk]
             x = to_unit_float(self.images[index])
             if self.augment.active:
-                x = augment_batch(x, self.augment, draws[start : start + self.batch_size])
-            yield normalize(x), self.labels[index]
+                x = augment_batch(x, self.augment, draws[begin : begin + self.chunk])
+            x, y = normalize(x), self.labels[index]
+            for start in range(0, len(index), self.batch_size):
+                yield x[start : start + self.batch_size], y[start : start + self.batch_size]
 
 
 EvalSets = dict[str, Iterable[Batch]]

@@ -12,6 +12,8 @@ checkout. One section per format:
 - legacy/ladder_trials_test_judged.jsonl: the ladder's first single-seed trials (`read_trials`);
 - notebook_times.json, grading_times.json, speed_*.json: what the benchmarks timed (`read_notebook_times`,
   `read_grading_times`, `read_speed`);
+- dispatch_counts.json: operations a training step dispatches, per recipe (benchmarks/dispatch_count.py;
+  `read_dispatch_counts`);
 - gpu_check_*.json: benchmarks/gpu_check.sh's reports from a GPU machine (`read_gpu_check`); the seeds it ran there
   are seeds files of their own (seeds_final_cuda.json).
 
@@ -533,6 +535,27 @@ def summarize_speed(data: Mapping[str, Any]) -> SpeedSummary:
 def read_speed(path: Path) -> SpeedSummary:
     """Read a speed benchmark file (e.g. one of `speed_paths()`) and return its summary."""
     return summarize_speed(read_json(path))
+
+
+# --- dispatch_counts.json: operations a training step dispatches (benchmarks/dispatch_count.py) -------------
+
+DISPATCH_COUNTS = "dispatch_counts.json"
+
+
+@dataclass(frozen=True)
+class DispatchCounts:
+    """Operations dispatched per training step, per recipe and way of stepping, and any timing taken beside them."""
+
+    device: str
+    ways: tuple[str, ...]
+    counts: Mapping[str, Mapping[str, float]]  # recipe -> way -> operations per step
+    timed: Mapping[str, Any] | None  # {"model", "epochs", "seconds": {way: [seconds per run]}}
+
+
+def read_dispatch_counts(path: Path | None = None) -> DispatchCounts:
+    """Read benchmarks/dispatch_count.py's results (default: the recorded file)."""
+    data = read_json(path or evidence(DISPATCH_COUNTS))
+    return DispatchCounts(data["device"], tuple(data["ways"]), data["counts"], data.get("timed"))
 
 
 # --- gpu_check_*.json: what benchmarks/gpu_check.sh measured on a GPU ----------------------------------------

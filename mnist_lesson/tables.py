@@ -14,7 +14,16 @@ from typing import Any
 from mnist_lesson.config import LAST_EPOCHS, TARGET
 from mnist_lesson.models import MODELS, get_model
 from mnist_lesson.receptive_field import layer_table
-from mnist_lesson.records import GpuCheck, RunSummary, SeedsFile, SeedsSummary, SpeedSummary, Trial, claim_holds
+from mnist_lesson.records import (
+    DispatchCounts,
+    GpuCheck,
+    RunSummary,
+    SeedsFile,
+    SeedsSummary,
+    SpeedSummary,
+    Trial,
+    claim_holds,
+)
 from mnist_lesson.studies import DesignSummary, best_design, compare
 
 
@@ -212,3 +221,19 @@ def _gpu_figures(step: Any) -> str:
     return (f"{len(epochs)} epochs in {step.run_s:.1f} s, data included (first epoch {epochs[0]:.1f} s, later ones "
             f"{later:.1f} s median); last {len(last)} epochs {_accs(last)}: "
             + ("every one reaches" if claim_holds(step.test_acc) else "NOT every one reaches") + f" {TARGET:.2f}")
+
+
+def dispatch_table(counts: DispatchCounts) -> str:
+    """Return the markdown table of operations per training step, each way, per recipe, and the timing beside it."""
+    rows = ["| recipe | " + " | ".join(f"operations a step, {way}" for way in counts.ways) + " |",
+            "|---|" + "---:|" * len(counts.ways)]
+    for name, row in counts.counts.items():
+        rows.append(f"| {name} | " + " | ".join(f"{row[way]:.1f}" for way in counts.ways) + " |")
+    text = "\n".join(rows) + f"\n\nCounted on {counts.device}."
+    if counts.timed:
+        timed = counts.timed
+        text += (f" Timed there too, {timed['epochs']} epoch(s) of `{timed['model']}` each way, alternating: "
+                 + "; ".join(f"{way} {statistics.median(s):.1f} s (median of {len(s)}: {_accs(s)})"
+                             for way, s in timed["seconds"].items()) + ".")
+    return text
+

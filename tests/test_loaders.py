@@ -3,6 +3,8 @@ loader; augmentation as one object."""
 
 from __future__ import annotations
 
+import math
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,25 @@ def test_augment_is_one_checked_object() -> None:
     for bad in (dict(rotation=-1), dict(shift=float("nan")), dict(shift=1.5), dict(rotation=float("inf"))):
         with pytest.raises(UsageError):
             Augment(**bad)
+
+
+@pytest.mark.parametrize("batch_size", [64, 32, 7, 1000])
+def test_chunked_batches_are_the_per_batch_ones_bit_for_bit(batch_size: int) -> None:
+    """Augmenting a chunk of whole batches at once (fewer operations a step) changes no number: every batch equals
+    the one made batch by batch (chunk_images=1), the last, shorter batch included."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (3000, 28, 28), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 10, (3000,), generator=generator)
+    make = partial(InMemoryLoader, images, labels, batch_size, shuffle=True, augment=Augment(7.0, 0.1), seed=5)
+    per_batch, chunked = list(make(chunk_images=1)), list(make())
+    assert len(per_batch) == len(chunked) == math.ceil(3000 / batch_size)
+    for (x1, y1), (x2, y2) in zip(per_batch, chunked, strict=True):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert make().chunk % batch_size == 0 and make().chunk >= batch_size
+
+
+@pytest.mark.parametrize("chunk", [0, -3, 2.5, True])
+def test_a_bad_chunk_size_is_refused_with_what_to_pass(chunk: object) -> None:
+    with pytest.raises(ValueError, match="chunk_images must be a positive integer"):
+        InMemoryLoader(torch.zeros(4, 28, 28, dtype=torch.uint8), torch.zeros(4, dtype=torch.long), 2,
+                       chunk_images=chunk)  # type: ignore[arg-type]

@@ -3,6 +3,8 @@ weight average."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -98,3 +100,29 @@ def test_the_weight_average_has_the_numbers_of_torchs_averaged_model(decay: floa
             torch.testing.assert_close(tensor, expected[name], rtol=0, atol=0, msg=name)
     assert ours.average.state_dict().keys() == expected.keys()
     assert not torch.equal(next(ours.average.parameters()), next(model.parameters()))  # an average, not the model
+
+
+@pytest.mark.parametrize("name", ["final", "under5k"])
+def test_foreach_sgd_takes_the_same_steps_bit_for_bit(name: str) -> None:
+    """The optimizer updates every parameter in one call (fewer operations a step); on the CPU its numbers are those
+    of one call per parameter, exactly, over steps of the recipe's schedule."""
+    recipe = get_recipe(name)
+    torch.manual_seed(0)
+    start = get_model(name)
+    states = []
+    for foreach in (False, True):
+        model = copy.deepcopy(start)
+        optimizer, schedule = make_optimizer(model, recipe, steps_per_epoch=10, foreach=foreach)
+        assert optimizer.defaults["foreach"] is foreach
+        generator = torch.Generator().manual_seed(1)
+        for step in range(12):
+            x, y = torch.randn(16, 1, 28, 28, generator=generator), torch.randint(0, 10, (16,), generator=generator)
+            torch.manual_seed(step)  # the same dropout masks both times
+            loss = F.nll_loss(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        states.append(model.state_dict())
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])
+    assert make_optimizer(start, recipe, 10)[0].defaults["foreach"] is True  # the default

@@ -339,3 +339,15 @@ def test_a_smoke_gpu_report_is_refused(tmp_path: Path) -> None:
     path.write_text('{"smoke": true, "steps": []}')
     with pytest.raises(ValueError, match="smoke"):
         read_gpu_check(path)
+
+
+def test_the_recorded_step_has_no_more_operations_than_before_for_any_recipe() -> None:
+    """dispatch_counts.json covers every registered recipe, and the step now dispatches fewer operations than it
+    did on either device (benchmarks/dispatch_count.py)."""
+    from mnist_lesson.recipes import RECIPES
+    from mnist_lesson.records import read_dispatch_counts
+
+    counts = read_dispatch_counts()
+    assert set(counts.counts) == set(RECIPES) and counts.ways == ("before (CPU)", "before (GPU)", "now")
+    for name, row in counts.counts.items():
+        assert row["now"] < row["before (GPU)"] <= row["before (CPU)"], name
