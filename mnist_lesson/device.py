@@ -12,6 +12,7 @@ import os
 import platform
 import random
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -76,13 +77,37 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+def busy_cores(seconds: float = 0.2) -> float | None:
+    """Return how many cores were busy over the next `seconds` (from /proc/stat), or None where it cannot be read.
+
+    The caller sleeps meanwhile, so what it measures is other work. Unlike the load average, which decays over a
+    minute, it does not count a run that has just finished (a notebook run right after another)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle and iowait
+        return sum(fields[:8]), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    elapsed = total1 - total0
+    return 0.0 if elapsed <= 0 else (os.cpu_count() or 1) * (elapsed - (idle1 - idle0)) / elapsed
+
+
 def default_threads(processes: int = 1) -> int:
-    """Return the CPU threads one of `processes` processes should compute with: its share of the cores, or one
-    when the CPU is already busy with other work (one-minute load average at least the cores minus a half),
-    because on a shared 2-core CPU two threads per process wait on each other and ran several times slower."""
+    """Return the CPU threads one of `processes` processes should compute with: its share of the cores that other
+    work leaves free (at least one), because on a shared 2-core CPU two threads per process wait on each other and
+    ran several times slower. Busy cores are measured now (`busy_cores`), else read from the load average."""
     cores = os.cpu_count() or 1
-    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] >= cores - 0.5
-    return 1 if busy else max(1, cores // max(1, processes))
+    busy = busy_cores()
+    if busy is None:
+        busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    free = max(1, round(cores - busy))
+    return max(1, free // max(1, processes))
 
 
 def set_cpu_threads(threads: int | None = None) -> int:

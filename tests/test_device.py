@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from torch import nn
@@ -45,3 +47,30 @@ def test_speed_options_fall_back_cleanly_on_the_cpu(monkeypatch: pytest.MonkeyPa
     monkeypatch.delattr(torch, "compile")  # as on a torch too old to have it
     with pytest.warns(UserWarning, match="has no torch.compile"):
         assert runnable(model, Speed(compile=True, channels_last=False), CPU)[0] is model
+
+
+def test_busy_cores_sees_other_work_now() -> None:
+    """A process spinning on one core shows as (at least most of) a busy core, measured while it runs."""
+    import subprocess
+    import sys
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        busy = device.busy_cores(0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and busy >= 0.7, busy
+
+
+@pytest.mark.parametrize(("busy", "processes", "threads"), [
+    (0.0, 1, 2), (0.3, 1, 2), (0.8, 1, 1), (1.0, 1, 1), (2.0, 1, 1), (0.0, 2, 1), (None, 1, 1)])
+def test_default_threads_takes_the_share_of_the_free_cores(busy: float | None, processes: int, threads: int,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """On 2 cores: both when nothing else runs; one when another run keeps a core busy (two threads each would wait
+    on each other), or when two processes share the machine. Without /proc/stat, the load average decides."""
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(device, "busy_cores", lambda seconds=0.2: busy)
+    monkeypatch.setattr(device.os, "getloadavg", lambda: (1.7, 1.0, 1.0), raising=False)
+    assert device.default_threads(processes) == threads
