@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What needs a CUDA GPU, in parts of at most ~8 minutes each, for a machine that has one and no network (the
-# device tool's H200, or a Colab GPU). NOTHING OF THIS HAS RUN ON A GPU YET: only --cpu-smoke has run.
+# device tool's H200, or a Colab GPU). It ran on an H200 on 2026-12-04 (docs/performance.md has what it measured).
 #
-#   benchmarks/gpu_check.sh PART... [--data ROOT] [--out DIR] [--seeds "0 1 ..."] [--part-seconds N]
+#   benchmarks/gpu_check.sh PART... [--data ROOT] [--out DIR] [--seeds "0 1 ..."] [--part-seconds N] [--models "..."]
 #   benchmarks/gpu_check.sh --cpu-smoke [PART...]
 #
 # Parts (run each in its own call: the device tool allows 10 minutes a command, 15 minutes a session):
@@ -11,7 +11,7 @@
 #                is about); then benchmarks/speed.py --mode levers --epochs 2 --repeats 1 (the assignment's
 #                DataLoader against every lever, side by side in one process, as the CPU table in docs/performance.md)
 #   seeds-final  benchmarks/seeds.py --model final, seeds 0-9
-#   seeds-rungs  benchmarks/seeds.py for under8k, under5k and under3762, seeds 0 1 of each
+#   seeds-rungs  benchmarks/seeds.py for under8k, under5k and under3762 (or --models), seeds 0 1 of each
 #   notebooks    notebooks 02-08 top to bottom in smoke mode, then 02 in full (benchmarks/gpu_notebooks.py, each on a
 #                copy in a fresh kernel), to prove that no cell of a lesson breaks on a GPU; the executed copies come
 #                back as notebooks_executed.tar.gz. Needs nbclient, ipykernel and torchinfo, which the device machine
@@ -25,24 +25,15 @@
 # through their --smoke-check, which this passes: results go to files of this check only (never
 # mnist_lesson/evidence/), each marked "smoke": true, and so is the JSON.
 #
-# How many seeds fit in a part: estimates, to be replaced by what the first GPU run measures. A step of `final` is
-# about 140 dispatched operations (issue 22). At commit 1e7e280 a TorchDispatchMode on the CPU counts 313 aten calls a
-# step of `final` (views, backward and optimizer included), 274 for under8k and under5k (their weight average no
-# longer reads the host) and 249 for under3762: the rungs make 0.88x and 0.8x final's operations a step. The
-# arithmetic is small: `final`'s 15 epochs are 22 TFLOP, which one EPYC thread did in about 340 s (the recorded CPU
-# seeds, ~66 GFLOP/s), and even at 5% of the H200's fp32 rate they take about 7 s of GPU time; so the run is
-# launch-bound, at roughly 12 us an operation, 1.6-2.1 ms a step of `final` whatever the batch:
-#   final       batch 64, 14,070 steps:                22-30 s a seed
-#   under8k,    batch 32, 28,140 steps, 0.88x a step:  38-52 s a seed each
-#   under5k
-#   under3762   batch 32, 28,140 steps, 0.8x a step:   35-48 s a seed
-# plus about 10 s a process (torch import, CUDA start, the data onto the GPU). So: seeds-final, seeds 0-9, about
-# 4-5 minutes (up to ~15 seeds would fit); seeds-rungs, seeds 0 1 of each rung, about 4-6 minutes (3 each fit only
-# at the estimates' low end); speed, 4 commands of ~35 s, two cold compiles (~0.5-1.5 min each) and speed.py (~1-2
-# min), about 4.5-8 minutes, speed.py last and the one cut if time runs out. Every step runs under `timeout`: a part
-# stops at --part-seconds (default 480) whatever the estimates say, each seeds step of the rungs gets an even share of
-# what is left, and seeds.py writes after each seed, so a stopped seeds step keeps the seeds it finished. --seeds
-# changes the seeds of the seeds parts; a rung's claim needs seeds 0-9, so the rest takes later calls (--seeds "2 3").
+# How long things take: measured on the H200 on 2026-12-04 (torch 2.11), the step is host-bound, about 5 ms a step of
+# `final` whatever else runs beside it (one process per CPU core): `train final` took 93 s for 15 epochs (the first
+# epoch about 23 s), a seed of `final` 82-106 s, a seed of `under5k` or `under8k` (batch 32, twice the steps) about
+# 180 s; the header's earlier estimate of 22-30 s a seed was 3-4 times too optimistic. So, in one call: the speed part
+# needs about 7-8 minutes alone (plain ~105 s, --amp about as long, two cold compiles on top); seeds fit only side by
+# side, one process per seed (benchmarks/gpu_session.sh does that: 10 seeds of `final` in about 2 minutes). Every step
+# runs under `timeout`: a part stops at --part-seconds (default 480), each seeds step of the rungs gets an even share
+# of what is left, and seeds.py writes after each seed, so a stopped seeds step keeps the seeds it finished. --seeds
+# changes the seeds of the seeds parts.
 #
 # The data: only from a carried folder, never downloaded (a missing file is one line and exit status 3, before any
 # run). The data root is --data, else $MNIST_LESSON_DATA, else the repository's data/ (ignored by git); it must hold
@@ -70,17 +61,18 @@ set -uo pipefail # no -e: every step runs even if one fails, and each step's exi
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 usage() { grep '^#   benchmarks/gpu_check.sh' "$repo/benchmarks/gpu_check.sh" | sed 's/^# *//'; }
 
-smoke=0 data="" out="${OUT:-}" seeds="" part_seconds=480 parts=()
+smoke=0 data="" out="${OUT:-}" seeds="" part_seconds=480 parts=() models="under8k under5k under3762"
 while [ $# -gt 0 ]; do
     case $1 in
     --cpu-smoke) smoke=1 ;;
-    --data | --out | --seeds | --part-seconds)
+    --data | --out | --seeds | --part-seconds | --models)
         [ $# -ge 2 ] || { echo "gpu_check: $1 needs a value" >&2; exit 2; }
         case $1 in
         --data) data=$2 ;;
         --out) out=$2 ;;
         --seeds) seeds=$2 ;;
         --part-seconds) part_seconds=$2 ;;
+        --models) models=$2 ;;
         esac
         shift ;;
     speed | seeds-final | seeds-rungs | notebooks) parts+=("$1") ;;
@@ -99,6 +91,7 @@ if [ ${#parts[@]} -eq 0 ]; then
 fi
 case $part_seconds in '' | *[!0-9]*) echo "gpu_check: --part-seconds takes whole seconds" >&2; exit 2 ;; esac
 case $seeds in *[!0-9\ ]*) echo "gpu_check: --seeds takes seed numbers, e.g. \"0 1 2\"" >&2; exit 2 ;; esac
+case $models in "" | *[!a-z0-9\ ]*) echo "gpu_check: --models takes registered model names, e.g. \"under5k\"" >&2; exit 2 ;; esac
 
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 if [ $smoke = 1 ]; then
@@ -201,8 +194,10 @@ for part in "${parts[@]}"; do
             --out "$work/seeds_final.json" "${check[@]}"
         ;;
     seeds-rungs)
-        left=3
-        for model in under8k under5k under3762; do
+        # shellcheck disable=SC2086 # the models are separate words
+        set -- $models
+        left=$#
+        for model in $models; do
             # shellcheck disable=SC2086 # the seeds are separate words
             step seeds-rungs "seeds-$model" seeds "$work/seeds_$model.json" "$(share $left)" -- \
                 python3 benchmarks/seeds.py --model $model --device $device --seeds $seeds_rungs \

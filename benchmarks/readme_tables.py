@@ -32,6 +32,7 @@ from mnist_lesson.records import (
     find_trial,
     gpu_check_paths,
     measure_noise,
+    read_cpu_levers,
     read_dispatch_counts,
     read_gpu_check,
     read_grading_times,
@@ -47,6 +48,7 @@ from mnist_lesson.records import (
     summarize_study,
 )
 from mnist_lesson.tables import (
+    cpu_levers_table,
     dispatch_table,
     gpu_check_table,
     grading_table,
@@ -189,6 +191,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "gpu-check": lambda: gpu_check_table([read_gpu_check(path) for path in gpu_check_paths()]),
     "gpu-verdict": gpu_verdict,
     "dispatch-counts": lambda: dispatch_table(read_dispatch_counts()),
+    "cpu-levers": lambda: cpu_levers_table(read_cpu_levers()),
     "notebook-times": lambda: notebook_times_table(read_notebook_times()),
     "grading-times": lambda: grading_table(read_grading_times()),
 }

@@ -12,6 +12,7 @@ checkout. One section per format:
 - legacy/ladder_trials_test_judged.jsonl: the ladder's first single-seed trials (`read_trials`);
 - notebook_times.json, grading_times.json, speed_*.json: what the benchmarks timed (`read_notebook_times`,
   `read_grading_times`, `read_speed`);
+- cpu_levers.json: the CPU levers timed side by side (benchmarks/cpu_levers.py; `read_cpu_levers`);
 - dispatch_counts.json: operations a training step dispatches, per recipe (benchmarks/dispatch_count.py;
   `read_dispatch_counts`);
 - gpu_check_*.json: benchmarks/gpu_check.sh's reports from a GPU machine (`read_gpu_check`); the seeds it ran there
@@ -556,6 +557,29 @@ def read_dispatch_counts(path: Path | None = None) -> DispatchCounts:
     """Read benchmarks/dispatch_count.py's results (default: the recorded file)."""
     data = read_json(path or evidence(DISPATCH_COUNTS))
     return DispatchCounts(data["device"], tuple(data["ways"]), data["counts"], data.get("timed"))
+
+
+# --- cpu_levers.json: the CPU levers side by side (benchmarks/cpu_levers.py) ---------------------------------
+
+CPU_LEVERS = "cpu_levers.json"
+
+
+@dataclass(frozen=True)
+class CpuLevers:
+    """Wall seconds of the same training run in each CPU configuration, the first the baseline."""
+
+    device: str
+    model: str
+    epochs: int
+    seconds: Mapping[str, Sequence[float]]  # configuration -> seconds of each run, in the order run
+    test_acc: Mapping[str, Sequence[float]]
+
+
+def read_cpu_levers(path: Path | None = None) -> CpuLevers:
+    """Read benchmarks/cpu_levers.py's results (default: the recorded file)."""
+    data = read_json(path or evidence(CPU_LEVERS))
+    return CpuLevers(data["device"], data["model"], data["epochs"], {name: data["seconds"][name] for name in
+                                                                     data["configs"]}, data["test_acc"])
 
 
 # --- gpu_check_*.json: what benchmarks/gpu_check.sh measured on a GPU ----------------------------------------

@@ -15,6 +15,7 @@ from mnist_lesson.config import LAST_EPOCHS, TARGET
 from mnist_lesson.models import MODELS, get_model
 from mnist_lesson.receptive_field import layer_table
 from mnist_lesson.records import (
+    CpuLevers,
     DispatchCounts,
     GpuCheck,
     RunSummary,
@@ -236,4 +237,16 @@ def dispatch_table(counts: DispatchCounts) -> str:
                  + "; ".join(f"{way} {statistics.median(s):.1f} s (median of {len(s)}: {_accs(s)})"
                              for way, s in timed["seconds"].items()) + ".")
     return text
+
+
+def cpu_levers_table(levers: CpuLevers) -> str:
+    """Return the markdown table of the CPU levers: each configuration's median time against the first one's."""
+    base = statistics.median(next(iter(levers.seconds.values())))
+    rows = [f"| configuration | s per run ({levers.epochs} epoch of `{levers.model}`), median | runs | vs the first "
+            "| test acc after each run |", "|---|---:|---:|---:|---|"]
+    for name, seconds in levers.seconds.items():
+        median = statistics.median(seconds)
+        rows.append(f"| {name} | {median:.1f} | {len(seconds)} | {median / base:.2f}x "
+                    f"| {_accs(levers.test_acc[name])} |")
+    return "\n".join(rows) + f"\n\nOn {levers.device}."
 

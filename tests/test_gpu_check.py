@@ -264,3 +264,34 @@ def test_a_failing_notebook_is_named_with_its_cell_and_error(tmp_path: Path, mon
     assert record["printed"] == ["torch x, running on cpu"]
     with pytest.raises(SystemExit, match="names 0 notebooks"):
         notebooks.find_notebook("99")
+
+
+@pytest.mark.slow  # six smoke runs and a notebook side by side on the CPU
+def test_cpu_smoke_of_a_whole_session_brings_back_two_files(tmp_path: Path, mnist_root: Path) -> None:
+    """benchmarks/gpu_session.sh, as a lease runs it (here with the speed part's time too short for any step, so it
+    is quick): the side-by-side processes, one per seed, each leave a gpu_check.json; $OUT holds two files."""
+    import tarfile
+
+    session = REPO / "benchmarks" / "gpu_session.sh"
+    out = tmp_path / "out"
+    out.mkdir()
+    environ = {key: value for key, value in os.environ.items() if key not in {"OUT", "MNIST_LESSON_SMOKE"}}
+    environ.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", TMPDIR=str(tmp_path),
+                   MNIST_LESSON_DATA=str(mnist_root), OUT=str(out))
+    # The session reads the data from the repository's data/ (what the device tool carries): point it at the test's.
+    done = subprocess.run(["bash", str(session), "--cpu-smoke", "--speed-seconds", "20", "--side-seconds", "600",
+                           "--data", str(mnist_root)], cwd=tmp_path, env=environ, capture_output=True, text=True,
+                          timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert sorted(path.name for path in out.iterdir()) == ["results.tar.gz", "speed.json"]
+    with tarfile.open(out / "results.tar.gz") as tar:
+        names = {Path(name).name for name in tar.getnames()}
+        tar.extractall(tmp_path / "results", filter="data")
+    expected = {"final_s0.json", "final_s1.json", "under8k_s0.json", "under5k_s0.json", "under3762_s0.json",
+                "notebooks.json", "speed.json"}
+    assert expected <= names, names
+    for name in expected - {"speed.json"}:
+        report = json.loads((tmp_path / "results" / name).read_text())
+        assert report["smoke"] is True and report["ok"] is True, (name, [s["state"] for s in report["steps"]])
+    speed = json.loads((out / "speed.json").read_text())
+    assert all(step["state"].startswith("skipped") for step in speed["steps"])  # 20 s: no step had time to start

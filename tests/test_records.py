@@ -351,3 +351,15 @@ def test_the_recorded_step_has_no_more_operations_than_before_for_any_recipe() -
     assert set(counts.counts) == set(RECIPES) and counts.ways == ("before (CPU)", "before (GPU)", "now")
     for name, row in counts.counts.items():
         assert row["now"] < row["before (GPU)"] <= row["before (CPU)"], name
+
+
+def test_the_cpu_levers_read_as_recorded() -> None:
+    """cpu_levers.json: the baseline (one thread, the package's default) first, every configuration timed alike."""
+    from mnist_lesson.records import read_cpu_levers
+    from mnist_lesson.tables import cpu_levers_table
+
+    levers = read_cpu_levers()
+    names = list(levers.seconds)
+    assert names[0] == "1 thread" and len(names) >= 4
+    assert len({len(seconds) for seconds in levers.seconds.values()}) == 1  # alternating: the same runs each
+    assert "1.00x" in cpu_levers_table(levers).splitlines()[2] and levers.device.startswith("cpu (")
