@@ -209,7 +209,8 @@ def _grade(args: argparse.Namespace) -> int:
 
     try:
         summary = grade_folder(args.submissions, args.out, GradingLimits(timeout=args.timeout), jobs=args.jobs,
-                               redo=args.redo, wide=args.wide, feedback=args.feedback)
+                               redo=args.redo, wide=args.wide, feedback=args.feedback, bom=args.bom,
+                               lms_export=args.lms, roster=args.roster, assignment=args.assignment)
     except EnvironmentChanged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -323,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="wall seconds each notebook may run, all its cells together (default 120)")
     grade.add_argument("--jobs", type=positive_int, default=1, help="notebooks graded at once (default 1)")
     grade.add_argument("--redo", action="store_true", help="grade again students already in the gradebook")
+    grade.add_argument("--bom", action="store_true", help="start the CSVs with a UTF-8 byte-order mark, so that "
+                       "Excel on Windows shows names such as José right")
+    grade.add_argument("--lms", choices=["canvas", "moodle"], help="also write OUT-STEM-LMS.csv, that system's grade "
+                       "import: one assignment column of totals, identity columns from --roster")
+    grade.add_argument("--roster", type=existing_file, help="CSV of students: `student` (their key) and any of name, "
+                       "id, sis_user_id, login, section, email; maps LMS download file names to keys")
+    grade.add_argument("--assignment", default="MNIST exercises", help="the LMS assignment column's name")
     grade.set_defaults(run=_grade)
 
     listing = commands.add_parser("list", help="list registered models, their parameter counts and their recipes")

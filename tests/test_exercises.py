@@ -629,3 +629,60 @@ def test_the_stored_student_version_shows_no_tracebacks() -> None:
     assert len(checked) == len(EXERCISES)
     assert all("not answered yet" in "".join(o.get("text", "") for o in c.outputs) for c in checked)
 
+
+
+def test_one_conv_repeated_is_refused_and_no_rf_beyond_the_rules_scores() -> None:
+    """One nn.Conv2d object used twelve times counts its parameters once but adds RF every call: refused, whatever
+    the student's numbers (it used to score 3/3 with RF 52 where the rules allow at most 20)."""
+    for key in KEYS[:10]:
+        width = ex02.given(key)["width"]
+        conv = nn.Conv2d(width, width, 3)
+        repeated = nn.Sequential(nn.Conv2d(1, width, 3), *[conv] * 12)
+        result = ex02.grade(repeated, key)
+        assert result.points == 0 and "used more than once" in result.message, (key, result.message)
+
+
+def test_a_transition_with_a_layer_the_check_cannot_vouch_for_is_refused() -> None:
+    """An average pool, or a module of the student's own, gives RF 2 and jump 2 too: the mixing point needs a 1x1
+    convolution and a max-pool the check knows."""
+
+    class Mystery(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.avg_pool2d(x, 2)
+
+    for key in KEYS[:5]:
+        n = ex03.given(key)
+        a, b = n["c_in"], n["c_out"]
+        assert ex03.grade(nn.Sequential(nn.Conv2d(a, b, 1), nn.ReLU(), nn.MaxPool2d(2)), key).passed
+        averaged = ex03.grade(nn.Sequential(nn.Conv2d(a, b, 1), nn.AvgPool2d(2)), key)
+        assert averaged.points == 1 and "not part of a transition" in averaged.message, averaged.message
+        try:
+            mystery = ex03.grade(nn.Sequential(nn.Conv2d(a, b, 1), Mystery()), key)
+        except Exception as exc:  # noqa: BLE001 (an unsupported layer may be refused by the RF table itself)
+            assert "Mystery" in str(exc)
+        else:
+            assert mystery.points <= 1, mystery.message
+
+
+def test_student_never_overwrites_a_solution_notebook_and_refuses_a_non_notebook(tmp_path: Path) -> None:
+    from mnist_lesson.config import UsageError
+
+    copy = tmp_path / "instructor.ipynb"
+    copy.write_bytes(SOURCE.read_bytes())
+    before = copy.read_bytes()
+    with pytest.raises(UsageError, match="the instructor's source itself"):
+        write_student_version(copy, copy)
+    other = tmp_path / "other.ipynb"
+    other.write_bytes(SOURCE.read_bytes())
+    with pytest.raises(UsageError, match="holds solutions"):
+        write_student_version(copy, other)
+    assert copy.read_bytes() == before and other.read_bytes() == before
+    text = tmp_path / "notes.txt"
+    text.write_text("SECRET grading notes\n")
+    with pytest.raises(UsageError, match="is not a Jupyter notebook") as refused:
+        write_student_version(text, tmp_path / "out.ipynb")
+    assert "SECRET" not in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / "out.ipynb").exists()
+    written = write_student_version(copy, tmp_path / "student.ipynb")
+    write_student_version(copy, written)  # a student version may be rewritten
+    assert BEGIN not in written.read_text()

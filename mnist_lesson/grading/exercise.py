@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from mnist_lesson.device import model_device
+from mnist_lesson.grading.contract import UNANSWERED
 from mnist_lesson.receptive_field import LayerTable, UnsupportedLayerError, layer_table
 
 STUDENT_ENV = "MNIST_LESSON_STUDENT"
@@ -104,7 +105,7 @@ class Exercise:
     def grade(self, answer: object, student: str = ANONYMOUS) -> Result:
         """Return the Result of `answer` for `student`'s numbers, without printing; never raises."""
         if answer is None:
-            return Result(self.name, 0, self.max_points, f"not answered yet (assign `{self.variable}` in the answer "
+            return Result(self.name, 0, self.max_points, f"{UNANSWERED} (assign `{self.variable}` in the answer "
                                                           "cell above, run it, then run this check again).")
         try:
             with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):

@@ -235,6 +235,10 @@ def _check_ex02(answer: object, n: Numbers) -> Marks:
     table = table_of(block, (1, SIDE, SIDE))
     rules, convs_seen, pools = [], 0, 0
     for row, module in rows_with_modules(block, table):
+        if " (call" in row.name:
+            rules.append(f"layer {row.name.split(' (call')[0]} is used more than once: one module repeated shares its "
+                         "weights, so its parameters count once while every call adds to the receptive field; give "
+                         "each layer its own module (build a new nn.Conv2d each time).")
         if isinstance(module, nn.Conv2d):
             if module.kernel_size != (3, 3) or module.stride != (1, 1) or module.dilation != (1, 1) \
                     or module.groups != 1:
@@ -264,7 +268,10 @@ def _check_ex02(answer: object, n: Numbers) -> Marks:
     if params >= n["budget"]:
         raise Explained(parameter_problem(block, params, n["budget"]))
     best, rf = best_rf_for_budget(n), table.final_rf
-    if rf >= best:
+    if rf > best:  # the rules cannot give more: something slipped past the checks above
+        raise Explained(f"its receptive field is {rf}, more than the {best} these rules allow for your budget; "
+                        "something in it breaks the rules (a shared or unusual layer?): rebuild it from plain layers.")
+    if rf == best:
         return 3, []
     points = 2 if rf >= best - 4 else 1
     return points, [f"it is valid and under the budget, with RF {rf}; your budget allows RF {best} under these rules. "
@@ -340,7 +347,14 @@ def _check_ex03(answer: object, n: Numbers) -> Marks:
                                     f"it must give {b}x{side // 2}x{side // 2}."]
     last = table.rows[-1] if table.rows else None
     params = count_parameters(block)
-    mixing_ok = last is not None and last.rf == 2 and last.jump == 2 and params <= a * b + b
+    odd = [f"layer {row.name} ({row.kind})" for row, module in rows_with_modules(block, table)
+           if not (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1))
+           and not (isinstance(module, nn.MaxPool2d) and module.kernel_size in (2, (2, 2)))
+           and not isinstance(module, POINTWISE)]
+    if odd:
+        problems.append(f"{', '.join(odd)} is not part of a transition here: use 1x1 convolutions, activations or "
+                        "batch norm, and one nn.MaxPool2d(2); the check can only vouch for those.")
+    mixing_ok = last is not None and last.rf == 2 and last.jump == 2 and params <= a * b + b and not odd
     if last is not None and last.rf == 1 and last.jump == 2:
         problems.append("it halves the map by skipping pixels (RF 1, jump 2: a strided 1x1 conv reads one pixel in "
                         "four); pool 2x2 instead so every pixel counts.")

@@ -8,6 +8,7 @@ and rewritten from the record. What is and is not protected: docs/grading.md.
 from __future__ import annotations
 
 import csv
+import errno
 import fcntl
 import hashlib
 import io
@@ -20,7 +21,26 @@ from mnist_lesson.config import UsageError
 from mnist_lesson.grading.contract import TOTAL, Checks, Row, file_digest
 
 COLUMNS = ["student", "exercise", "points", "max_points", "hints", "message"]  # Row's fields, in order
+# A cell a spreadsheet would run as a formula (=, +, -, @, or a tab or line break first) is written with a leading
+# apostrophe, as OWASP advises; so is a cell that starts with an apostrophe, so that reading strips exactly one.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "'")
+BOM = "\ufeff"  # UTF-8's byte-order mark: Excel on Windows reads the file as UTF-8 only with it
 _OLD_COLUMNS = ["student", "exercise", "points", "max_points", "message"]  # gradebooks from before hints
+
+
+def escape_cell(value: object) -> object:
+    """Return a CSV cell safe to open in a spreadsheet: text that starts like a formula gets a leading apostrophe."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
+def unescape_cell(text: str) -> str:
+    """Return a cell as it was before `escape_cell`."""
+    return text[1:] if text.startswith("'") else text
+
+
+def safe_row(cells: list[object]) -> list[object]:
+    """Return a row of cells, each escaped with `escape_cell`."""
+    return [escape_cell(cell) for cell in cells]
 
 
 def _replace(path: Path, text: str) -> None:
@@ -64,13 +84,32 @@ def feedback_text(rows: list[Row], checks: Checks) -> str:
     return "\n".join(lines)
 
 
+SYSTEM_FOLDERS = (Path("/proc"), Path("/sys"), Path("/dev"))  # never written into, whatever links lead there
+
+
 def check_output(path: Path, what: str, folder: bool = False) -> Path:
-    """Return `path` if it can be written as an output file (or folder); raise UsageError before any grading if not."""
+    """Return `path` if it can be written as an output file (or folder); raise UsageError before any grading if not:
+    only a regular file (or a real folder) or a new name in a real folder, never a link, a device, a pipe, or a path
+    under /proc, /sys or /dev."""
+    kind = "folder" if folder else "file"
+    if path.is_symlink():
+        raise UsageError(f"{what} {path} is a symbolic link; give the real {kind} it should be, or another name")
+    real = path.resolve()
+    if any(real == top or real.is_relative_to(top) for top in SYSTEM_FOLDERS):
+        raise UsageError(f"{what} {path} is under {real.parts[0]}{real.parts[1]}, a system folder; choose a {kind} of "
+                         "your own")
     if not path.parent.is_dir():
         raise UsageError(f"{what} {path}: the folder {path.parent} does not exist; create it or choose another")
-    if path.exists() and path.is_dir() != folder:
-        raise UsageError(f"{what} {path} is {'not ' if folder else ''}a folder; choose another")
+    if path.exists():
+        if folder and not path.is_dir():
+            raise UsageError(f"{what} {path} is not a folder; choose another")
+        if not folder and not path.is_file():
+            raise UsageError(f"{what} {path} is not a regular file (a folder, a device or a pipe); choose another")
     return path
+
+
+class OutputFailed(UsageError):
+    """Writing the gradebook failed (a full disk, a quota): the students graded so far are kept in the files."""
 
 
 class Gradebook:
@@ -80,8 +119,8 @@ class Gradebook:
     total, hints) and a markdown feedback file per student."""
 
     def __init__(self, path: Path, checks: Checks, wide: Path | None = None, feedback: Path | None = None,
-                 log: Callable[[str], None] = print) -> None:
-        self.path, self.checks, self.log = Path(path), checks, log
+                 log: Callable[[str], None] = print, bom: bool = False) -> None:
+        self.path, self.checks, self.log, self.bom = check_output(Path(path), "--out"), checks, log, bom
         self.wide = check_output(Path(wide) if wide else self.path.with_name(f"{self.path.stem}-wide.csv"), "--wide")
         self.feedback = check_output(Path(feedback) if feedback else self.path.with_name(f"{self.path.stem}-feedback"),
                                      "--feedback", folder=True)
@@ -116,11 +155,19 @@ class Gradebook:
         for target in (self.path, self.wide):
             self._written[target] = file_digest(target)
         try:
-            text = self.path.read_bytes().decode("utf-8")
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return
-        except UnicodeDecodeError:
-            raise UsageError(f"{self.path} is not a gradebook (not UTF-8 text); choose another --out") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:  # Excel's "CSV (Comma delimited)" saves in the Windows code page
+            try:
+                text = data.decode("cp1252")
+            except UnicodeDecodeError:
+                raise UsageError(f"{self.path} is not a gradebook (neither UTF-8 nor Windows-1252 text); choose "
+                                 "another --out") from None
+            self.log(f"{self.path} is not UTF-8 (re-saved by Excel?): read as Windows-1252, written back as UTF-8")
+        text = text.removeprefix(BOM)
         if not text:
             return
         lines = text.splitlines(keepends=True)
@@ -137,7 +184,7 @@ class Gradebook:
                              "another --out")
         unreadable = 0
         for cells in records[1:]:
-            item = dict(zip(header, cells, strict=False))
+            item = {key: unescape_cell(cell) for key, cell in zip(header, cells, strict=False)}
             try:
                 hints = item.get("hints", "")
                 row = Row(item["student"], item["exercise"], int(item["points"]), int(item["max_points"]),
@@ -170,8 +217,8 @@ class Gradebook:
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(COLUMNS)
-        writer.writerows(row.cells() for student in sorted(self.students) for row in self.students[student])
-        return out.getvalue()
+        writer.writerows(safe_row(row.cells()) for student in sorted(self.students) for row in self.students[student])
+        return (BOM if self.bom else "") + out.getvalue()
 
     def _wide(self) -> str:
         out = io.StringIO()
@@ -181,13 +228,23 @@ class Gradebook:
             if self.complete(student):
                 rows = self.students[student]
                 total = rows[-1]
-                writer.writerow([student] + [r.points for r in rows[:-1]]
-                                + [total.points, "" if total.hints is None else total.hints])
-        return out.getvalue()
+                writer.writerow(safe_row([student] + [r.points for r in rows[:-1]]
+                                         + [total.points, "" if total.hints is None else total.hints]))
+        return (BOM if self.bom else "") + out.getvalue()
 
     def save(self, feedback_for: list[str] | None = None) -> None:
         """Write the long and wide CSVs from the record, and the feedback of `feedback_for` (None: everyone);
-        a file changed by anything but the grader since it last wrote it is reported, then rewritten."""
+        a file changed by anything but the grader since it last wrote it is reported, then rewritten. A full disk
+        raises OutputFailed, each file left as it was (a temporary file is removed)."""
+        try:
+            self._save(feedback_for)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OutputFailed(f"the disk is full writing {exc.filename or self.path}: free some space, then run "
+                                   "the same command again (students already written are kept)") from None
+            raise OutputFailed(f"cannot write {exc.filename or self.path}: {exc.strerror or exc}") from None
+
+    def _save(self, feedback_for: list[str] | None) -> None:
         for target, text in ((self.path, self._long()), (self.wide, self._wide())):
             if file_digest(target) != self._written.get(target):
                 self.changed += 1
@@ -195,6 +252,11 @@ class Gradebook:
                          "the grader's own record")
             _replace(target, text)
             self._written[target] = hashlib.sha256(text.encode()).hexdigest()
+        if self.feedback.is_symlink() or (self.feedback.exists() and not self.feedback.is_dir()):
+            self.changed += 1
+            self.log(f"{self.feedback} was replaced by a link or a file (a submission?); removed, and a real folder "
+                     "made in its place: nothing is written through it")
+            self.feedback.unlink()
         self.feedback.mkdir(exist_ok=True)
         for student in self.students if feedback_for is None else feedback_for:
             if self.complete(student):

@@ -36,7 +36,9 @@ from mnist_lesson.config import SMOKE_ENV, UsageError
 from mnist_lesson.data import ensure_mnist
 from mnist_lesson.device import default_threads
 from mnist_lesson.grading import sandbox
-from mnist_lesson.grading.contract import TOTAL, Checks, Row, file_digest
+from mnist_lesson.grading.contract import TOTAL, UNANSWERED, Checks, Row, file_digest
+from mnist_lesson.files import atomic_write
+from mnist_lesson.grading import lms
 from mnist_lesson.grading.gradebook import Gradebook, check_output
 from mnist_lesson.grading.sandbox import Reply, Sandbox, Step, StepResult, Stopped
 
@@ -113,11 +115,27 @@ def student_name(file_name: str) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
-def find_submissions(folder: Path) -> list[Submission]:
-    """Return the submissions in `folder` (every *.ipynb whatever its case, hidden files skipped), by file name."""
+def find_submissions(folder: Path, roster: Mapping[str, lms.Student] | None = None,
+                     log: Callable[[str], None] = print) -> list[Submission]:
+    """Return the submissions in `folder` (every *.ipynb whatever its case, hidden files skipped), by file name; an
+    LMS download's name (Canvas, Moodle) is read through `roster` to the student's key (lms.lms_student)."""
     names = sorted(os.fsdecode(raw) for raw in os.listdir(os.fsencode(folder))  # bytes: any name can be listed
                    if not raw.startswith(b".") and raw.lower().endswith(SUFFIX.encode()))
     stems = [student_name(name) for name in names]
+    mapped, unknown = 0, []
+    for i, stem in enumerate(stems):
+        found = lms.lms_student(stem, roster or {})
+        if found is not None:
+            stems[i], mapped = found[0], mapped + 1
+        elif lms.looks_like_lms(stem):
+            unknown.append(stem)
+    if mapped:
+        log(f"{mapped} file(s) named as LMS downloads were graded under their student's key from the roster")
+    if unknown:
+        log(f"{len(unknown)} file(s) look like {lms.looks_like_lms(unknown[0])} downloads but "
+            + ("no --roster was given" if roster is None else "the roster does not list them")
+            + f" (e.g. {unknown[0]}): they are graded under their whole file name, whose numbers are not the "
+            "student's; pass a --roster with their `id` (Canvas) or `name` (Moodle) and grade them with --redo")
     # Two files for one student (alice.ipynb, alice.IPYNB): each is recorded under its whole escaped file name.
     return [Submission(Path(folder) / name, stem if stems.count(stem) == 1 else student_name(name + SUFFIX))
             for name, stem in zip(names, stems, strict=True)]
@@ -393,8 +411,11 @@ def _run_answers(answers: list[tuple[str, str]], checks: Checks, key: str, limit
         raise GraderFailure(f"the grading step could not be set up ({failure})")
     notes = [note for note in [_how_it_stopped(ran, limits.timeout, "grading: ", "the answer cells")] if note]
     labels = ["STUDENT", "the import cell"] + [f"answer cell {label}" for label, _ in answers]
+    raised: dict[str, str] = {}  # exercise -> the error its answer cell raised
     for number, reply in _errors(ran.replies, ran.stopped == "time"):
         notes.append(f"grading: {labels[number - 1]} raised {reply.describe()}")
+        if number > 2:
+            raised.setdefault(answers[number - 3][0], reply.describe())
     if any(reply.status == "error" for reply in ran.replies[2:]):
         notes.append("grading runs only the answer cells: keep everything an answer needs inside its answer cell")
     if graded.stopped in ("time", "killed"):
@@ -407,6 +428,11 @@ def _run_answers(answers: list[tuple[str, str]], checks: Checks, key: str, limit
         reason = "not graded: the grading step gave no result"
     for ex in checks.exercises:
         results.setdefault(ex.name, (0, reason))
+        points, message = results[ex.name]
+        if ex.name in raised and message.startswith(UNANSWERED):  # say what happened: it raised, it was not blank
+            results[ex.name] = (points, f"your answer cell raised {raised[ex.name]} when run alone, so `{ex.variable}` "
+                                        "was never set; fix the error (everything the answer needs must be in its "
+                                        "answer cell) and run it again")
     return results, notes
 
 
@@ -476,11 +502,14 @@ def _stop_workers(threads: list[threading.Thread], stop: threading.Event, log: C
 
 def grade_folder(submissions: Path, gradebook: Path, limits: GradingLimits = GradingLimits(), *, jobs: int = 1,
                  redo: bool = False, wide: Path | None = None, feedback: Path | None = None,
-                 checks: Checks | None = None, check_data: bool = True,
+                 checks: Checks | None = None, check_data: bool = True, bom: bool = False,
+                 lms_export: str | None = None, roster: Path | None = None, assignment: str = "MNIST exercises",
                  log: Callable[[str], None] = print) -> GradingSummary:
     """Grade every submission in `submissions` into `gradebook` (and its wide CSV and feedback files), `jobs`
-    kernels at once; return what this run graded. Ctrl-C stops it cleanly: KeyboardInterrupt, nothing recorded
-    for the students in progress."""
+    kernels at once; return what this run graded. `bom` starts both CSVs with UTF-8's byte-order mark, for Excel on
+    Windows. `lms_export` ("canvas" or "moodle") also writes GRADEBOOK-STEM-LMS.csv for that system's import, its
+    identity columns from `roster` (which also maps LMS download names to student keys; lms.py). Ctrl-C stops it
+    cleanly: KeyboardInterrupt, nothing recorded for the students in progress."""
     if not (isinstance(jobs, int) and jobs >= 1):
         raise UsageError(f"jobs must be a whole number of at least 1, not {jobs!r}")
     gradebook = check_output(Path(gradebook), "--out")
@@ -488,12 +517,16 @@ def grade_folder(submissions: Path, gradebook: Path, limits: GradingLimits = Gra
                  check_output(Path(feedback), "--feedback", folder=True) if feedback else None)
     if not Path(submissions).is_dir():
         raise UsageError(f"{submissions} is not a folder of {SUFFIX} submissions")
-    found = find_submissions(Path(submissions))
+    if lms_export is not None and lms_export not in lms.LMS:
+        raise UsageError(f"--lms {lms_export!r} is not one this grader writes; choose {' or '.join(lms.LMS)}")
+    export = check_output(gradebook.with_name(f"{gradebook.stem}-{lms_export}.csv"), "--lms") if lms_export else None
+    students = lms.read_roster(roster) if roster is not None else None
+    found = find_submissions(Path(submissions), students, log)
     if not found:
         raise UsageError(f"no {SUFFIX} files in {submissions}")
     checks = checks or Checks.load()
     summary = GradingSummary()
-    with Gradebook(gradebook, checks, *book_args, log=log) as book:
+    with Gradebook(gradebook, checks, *book_args, log=log, bom=bom) as book:
         if check_data:
             ensure_mnist(log=log)  # a missing data set is the instructor's problem, never blamed on a student
         done = set() if redo else book.graded()
@@ -509,6 +542,12 @@ def grade_folder(submissions: Path, gradebook: Path, limits: GradingLimits = Gra
             _grade_all(todo, book, summary, checks, limits, jobs, redo, code_digests(), log)
         book.save()  # every kernel is gone: the final state of every file is the record's
         summary.changed = book.changed
+        if export is not None:
+            totals = {student: book.students[student][-1].points for student in book.graded()}
+            text = (lms.canvas_csv(totals, checks.full, students or {}, assignment, bom) if lms_export == "canvas"
+                    else lms.moodle_csv(totals, students or {}, assignment, bom))
+            atomic_write(export, text.encode())
+            log(f"{lms_export} import file: {export} ({len(totals)} student(s), the assignment column {assignment!r})")
     if summary.totals:
         mean = sum(p for p, _ in summary.totals.values()) / len(summary.totals)
         full = sum(p == m for p, m in summary.totals.values())

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import nbformat
 
+from mnist_lesson.config import UsageError
 from mnist_lesson.colab import (
     COLAB_METADATA,
     DEVICE_MARKER,
@@ -89,11 +90,42 @@ def student_version(source: nbformat.NotebookNode, badge_line: str | None = None
     return nb
 
 
+def holds_solutions(nb: nbformat.NotebookNode) -> bool:
+    """Return whether a notebook holds a solution region (### BEGIN SOLUTION): an instructor's source."""
+    return any(BEGIN in cell.source for cell in nb.cells)
+
+
+def read_source(path: Path) -> nbformat.NotebookNode:
+    """Read the instructor's notebook at `path`; raise UsageError in one line when it is not a notebook."""
+    try:
+        return nbformat.read(path, as_version=4)
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, KeyError, TypeError) as exc:
+        # nbformat raises NotJSONError (a ValueError) or a validation error for a file that is not a notebook
+        raise UsageError(f"--source {path} is not a Jupyter notebook ({type(exc).__name__}); pass the instructor's "
+                         f"notebook, e.g. {SOURCE}") from None
+
+
 def write_student_version(source: Path = SOURCE, target: Path = TARGET) -> Path:
-    """Write the student version of the notebook at `source` to `target` (badge and Colab cells for `target`)."""
+    """Write the student version of the notebook at `source` to `target` (badge and Colab cells for `target`).
+
+    Refuses (UsageError, nothing written) a `source` that is not a notebook, and a `target` that is the source
+    itself or any notebook that holds solutions: the student version never overwrites an instructor's file."""
     target = Path(target)
-    nb = student_version(nbformat.read(source, as_version=4), badge(target.name, notebook_folder(target)),
-                         target.name)
+    if target.exists() and (target.is_symlink() or not target.is_file()):
+        raise UsageError(f"--out {target} is not a regular file; choose a notebook path such as {TARGET}")
+    if target.exists() and Path(source).resolve() == target.resolve():
+        raise UsageError(f"--out {target} is the instructor's source itself; choose another --out, such as {TARGET}")
+    source_nb = read_source(Path(source))
+    if target.exists():
+        try:
+            existing = nbformat.read(target, as_version=4)
+        except Exception:  # noqa: BLE001 (anything unreadable as a notebook is not overwritten either)
+            raise UsageError(f"--out {target} exists and is not a notebook; move it away or choose another --out") \
+                from None
+        if holds_solutions(existing):
+            raise UsageError(f"--out {target} holds solutions (an instructor's notebook); the student version never "
+                             f"overwrites one: choose another --out, such as {TARGET}")
+    nb = student_version(source_nb, badge(target.name, notebook_folder(target)), target.name)
     target.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, target)
     return target
