@@ -323,7 +323,8 @@ def test_only_answer_cells_are_graded(graded: dict) -> None:
     assert "keep everything an answer needs inside its answer cell" in message
     # The exercise's own row says what happened: the answer raised; it was not left blank.
     row = graded["book"][("helper", "eb")]["message"]
-    assert row.startswith("your answer cell raised NameError: name 'twice' is not defined") and "not answered" not in row
+    assert row.startswith("your answer cell raised NameError: name 'twice' is not defined")
+    assert "not answered" not in row
 
 
 @pytest.mark.slow

@@ -287,8 +287,10 @@ def table_of(model: nn.Module, shape: tuple[int, int, int]) -> LayerTable:
 
 
 def rows_with_modules(model: nn.Module, table: LayerTable) -> list[tuple[Any, nn.Module]]:
+    """Return each row of `model`'s layer table with the module it describes (a bare layer's one row: the layer)."""
     named = dict(model.named_modules())
-    return [(row, named[row.name.split(" (call")[0]]) for row in table.rows]
+    leaf = len(named) == 1  # a single layer, not a container: its row is named after its class
+    return [(row, model if leaf else named[row.name.split(" (call")[0]]) for row in table.rows]
 
 
 def log_probs_problem(out: torch.Tensor, batch: int = 2) -> str | None:

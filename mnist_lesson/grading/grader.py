@@ -35,10 +35,9 @@ import mnist_lesson
 from mnist_lesson.config import SMOKE_ENV, UsageError
 from mnist_lesson.data import ensure_mnist
 from mnist_lesson.device import default_threads
-from mnist_lesson.grading import sandbox
-from mnist_lesson.grading.contract import TOTAL, UNANSWERED, Checks, Row, file_digest
 from mnist_lesson.files import atomic_write
-from mnist_lesson.grading import lms
+from mnist_lesson.grading import lms, sandbox
+from mnist_lesson.grading.contract import TOTAL, UNANSWERED, Checks, Row, file_digest
 from mnist_lesson.grading.gradebook import Gradebook, check_output
 from mnist_lesson.grading.sandbox import Reply, Sandbox, Step, StepResult, Stopped
 

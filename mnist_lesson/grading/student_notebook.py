@@ -17,7 +17,6 @@ from pathlib import Path
 
 import nbformat
 
-from mnist_lesson.config import UsageError
 from mnist_lesson.colab import (
     COLAB_METADATA,
     DEVICE_MARKER,
@@ -27,6 +26,7 @@ from mnist_lesson.colab import (
     notebook_folder,
     setup_source,
 )
+from mnist_lesson.config import UsageError
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 SOURCE = Path("instructor/exercises.ipynb")
