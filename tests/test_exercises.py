@@ -686,3 +686,24 @@ def test_student_never_overwrites_a_solution_notebook_and_refuses_a_non_notebook
     written = write_student_version(copy, tmp_path / "student.ipynb")
     write_student_version(copy, written)  # a student version may be rewritten
     assert BEGIN not in written.read_text()
+
+
+def test_points_live_in_two_places_that_must_agree(tmp_path: Path) -> None:
+    """The instructor's notebook gives each check cell its exercise's max_points; a change to one place only is
+    refused by `student` before anything is written, naming the exercise."""
+    from mnist_lesson.config import UsageError
+    from mnist_lesson.grading.student_notebook import points_mismatches
+
+    source = nbformat.read(SOURCE, as_version=4)
+    assert points_mismatches(source, {name: ex.max_points for name, ex in EXERCISES.items()}) == []
+    for cell in source.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == "ex07-check":
+            cell.metadata["nbgrader"]["points"] = 6
+    changed = tmp_path / "instructor.ipynb"
+    nbformat.write(source, changed)
+    with pytest.raises(UsageError, match="ex07: 4 point") as refused:
+        write_student_version(changed, tmp_path / "student.ipynb")
+    assert "docs/exercises.md" in str(refused.value) and not (tmp_path / "student.ipynb").exists()
+    others = points_mismatches(source, {"ex07": 6, "new": 1})
+    assert "new: no nbgrader check cell 'new-check' in the notebook" in others
+    assert "ex08: a check cell 'ex08-check' for an exercise grading/exercises.py does not have" in others

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import nbformat
@@ -90,6 +91,24 @@ def student_version(source: nbformat.NotebookNode, badge_line: str | None = None
     return nb
 
 
+def points_mismatches(nb: nbformat.NotebookNode, points: Mapping[str, int]) -> list[str]:
+    """Return what disagrees between the notebook's nbgrader check cells ("<name>-check", their points) and `points`
+    (each exercise's max_points in grading/exercises.py): the one list an instructor's change must keep equal."""
+    found = {}
+    for cell in nb.cells:
+        grading = cell.metadata.get("nbgrader", {})
+        grade_id = grading.get("grade_id", "")
+        if grading.get("grade") and isinstance(grade_id, str) and grade_id.endswith("-check"):
+            found[grade_id[:-len("-check")]] = grading.get("points")
+    problems = [f"{name}: {points[name]} point(s) in grading/exercises.py but {found[name]} in the notebook's nbgrader "
+                "metadata" for name in points if name in found and found[name] != points[name]]
+    problems += [f"{name}: no nbgrader check cell '{name}-check' in the notebook"
+                 for name in points if name not in found]
+    problems += [f"{name}: a check cell '{name}-check' for an exercise grading/exercises.py does not have"
+                 for name in found if name not in points]
+    return problems
+
+
 def holds_solutions(nb: nbformat.NotebookNode) -> bool:
     """Return whether a notebook holds a solution region (### BEGIN SOLUTION): an instructor's source."""
     return any(BEGIN in cell.source for cell in nb.cells)
@@ -116,6 +135,12 @@ def write_student_version(source: Path = SOURCE, target: Path = TARGET) -> Path:
     if target.exists() and Path(source).resolve() == target.resolve():
         raise UsageError(f"--out {target} is the instructor's source itself; choose another --out, such as {TARGET}")
     source_nb = read_source(Path(source))
+    from mnist_lesson.grading.exercises import EXERCISES  # torch and the checks: only when a version is written
+
+    mismatches = points_mismatches(source_nb, {name: ex.max_points for name, ex in EXERCISES.items()})
+    if mismatches:
+        raise UsageError(f"--source {source} and grading/exercises.py disagree ({'; '.join(mismatches)}): change "
+                         "both (docs/exercises.md, 'Changing an exercise'), then write the student version again")
     if target.exists():
         try:
             existing = nbformat.read(target, as_version=4)
