@@ -168,3 +168,21 @@ def test_canvas_and_moodle_import_files(tmp_path: Path) -> None:
     moodle = list(csv.reader(io.StringIO(lms.moodle_csv(totals, roster, "MNIST exercises", bom=True)[1:])))
     assert moodle[0] == ["Email address", "ID number", "Full name", "MNIST exercises"]
     assert ["alice@example.edu", "S-1", "Alice Smith", "27"] in moodle and len(moodle) == 4
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+def test_a_lock_taken_away_stops_the_grader_before_it_writes_again(tmp_path: Path, how: str) -> None:
+    """A submission that deletes (or replaces) the gradebook's lock would let a second grader in, each writing from
+    its own record: the grader notices before its next write and stops in one line; what it wrote stays."""
+    out = tmp_path / "g.csv"
+    lock = tmp_path / "g.csv.lock"
+    with gb.Gradebook(out, CHECKS, log=lambda m: None) as book:
+        book.record(rows("alice"))
+        lock.unlink()
+        if how == "replaced":
+            lock.write_text("")
+        with pytest.raises(gb.OutputFailed, match="was deleted or replaced") as stopped:
+            book.record(rows("bob"))
+    assert "\n" not in str(stopped.value)
+    with gb.Gradebook(out, CHECKS, log=lambda m: None) as again:
+        assert again.graded() == {"alice"}

@@ -244,7 +244,24 @@ class Gradebook:
                                    "the same command again (students already written are kept)") from None
             raise OutputFailed(f"cannot write {exc.filename or self.path}: {exc.strerror or exc}") from None
 
+    def _check_lock(self) -> None:
+        """Raise OutputFailed when the lock file this grader holds was deleted or replaced (by a submission?): a second
+        grader could then take a lock of its own and write the same gradebook from another record."""
+        if self._lock_fd is None:
+            return
+        lock = self.path.with_name(f"{self.path.name}.lock")
+        held = os.fstat(self._lock_fd)
+        try:
+            now = os.stat(lock, follow_symlinks=False)
+        except FileNotFoundError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino):
+            raise OutputFailed(f"the lock {lock} was deleted or replaced while grading (by a submission?), so another "
+                               "grader could write this gradebook too: stopped; the students written so far are kept. "
+                               "Make sure no other grader runs, then run the same command again")
+
     def _save(self, feedback_for: list[str] | None) -> None:
+        self._check_lock()
         for target, text in ((self.path, self._long()), (self.wide, self._wide())):
             if file_digest(target) != self._written.get(target):
                 self.changed += 1

@@ -38,7 +38,7 @@ from mnist_lesson.device import default_threads
 from mnist_lesson.files import atomic_write
 from mnist_lesson.grading import lms, sandbox
 from mnist_lesson.grading.contract import TOTAL, UNANSWERED, Checks, Row, file_digest
-from mnist_lesson.grading.gradebook import Gradebook, check_output
+from mnist_lesson.grading.gradebook import Gradebook, OutputFailed, check_output
 from mnist_lesson.grading.sandbox import Reply, Sandbox, Step, StepResult, Stopped
 
 SUFFIX = ".ipynb"  # matched whatever its case (W.IPYNB is a submission too)
@@ -617,6 +617,9 @@ def _grade_all(todo: list[Submission], book: Gradebook, summary: GradingSummary,
             except queue.Empty:
                 if not any(t.is_alive() for t in threads) and events.empty():
                     break  # (only if a worker died without a word: every result sends one)
+    except OutputFailed:  # the files cannot be written (a full disk, a lock taken away): stop every kernel, say so
+        _stop_workers(threads, stop, log)
+        raise
     except (KeyboardInterrupt, EnvironmentChanged) as exc:
         _stop_workers(threads, stop, log)
         while True:  # results that were complete before the stop are kept; the rest are dropped
