@@ -114,6 +114,12 @@ def notebook_folder(path: Path) -> str:
     return "/".join(parts[parts.index("notebooks"):-1]) if "notebooks" in parts else "notebooks"
 
 
+def _badge_cells(nb: Any) -> list[Any]:
+    """Return where a badge may sit: the first cell, and a markdown cell right after it (the exercise notebook keeps
+    its badge there, so that nbgrader's locked title cell is left as it was)."""
+    return [cell for i, cell in enumerate(nb.cells[:2]) if i == 0 or cell.cell_type == "markdown"]
+
+
 def _code(nb: Any) -> list[Any]:
     return [cell for cell in nb.cells if cell.cell_type == "code"]
 
@@ -125,8 +131,8 @@ def check_notebook(path: Path) -> list[str]:
     nb = nbformat.read(path, as_version=4)
     problems = []
     expected = badge(path.name, notebook_folder(path))
-    if expected not in nb.cells[0].source.splitlines():
-        problems.append(f"{path.name}: the first cell lacks the badge {expected}")
+    if not any(expected in cell.source.splitlines() for cell in _badge_cells(nb)):
+        problems.append(f"{path.name}: the first cell (or a badge cell after it) lacks the badge {expected}")
     code = _code(nb)
     if not code or code[0].source != setup_source():
         problems.append(f"{path.name}: the first code cell is not the Colab setup cell of mnist_lesson.colab")
@@ -142,7 +148,8 @@ def sync_notebook(path: Path) -> bool:
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
-    title = nb.cells[0].source.splitlines()
+    holder = next((cell for cell in _badge_cells(nb) if "colab-badge.svg" in cell.source), nb.cells[0])
+    title = holder.source.splitlines()
     badge_lines = [i for i, line in enumerate(title) if "colab-badge.svg" in line]
     code = _code(nb)
     if not badge_lines or len(code) < 2 or not code[0].source.startswith(SETUP_MARKER) \
@@ -152,7 +159,7 @@ def sync_notebook(path: Path) -> bool:
                          "then sync")
     before = nbformat.writes(nb)
     title[badge_lines[0]] = badge(path.name, notebook_folder(path))
-    nb.cells[0].source = "\n".join(title)
+    holder.source = "\n".join(title)
     code[0].source, code[1].source = setup_source(), device_source(path.name)
     nb.metadata.update(COLAB_METADATA)
     if nbformat.writes(nb) == before:

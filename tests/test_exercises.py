@@ -580,7 +580,8 @@ def test_student_version_removes_solutions_and_keeps_the_rest() -> None:
     student = student_version(source, badge("exercises.ipynb"))
     text = nbformat.writes(student)
     assert BEGIN not in text and END not in text
-    assert badge("exercises.ipynb") in student.cells[0].source.splitlines()
+    assert student.cells[0].source == source.cells[0].source  # nbgrader's locked title cell, as it locked it
+    assert student.cells[1].cell_type == "markdown" and student.cells[1].source == badge("exercises.ipynb")
     for name, cell in answer_cells(SOURCE).items():
         solution = cell.split(BEGIN)[1].split(END)[0].strip()
         stub = next(c.source for c in student.cells if grading(c).get("grade_id") == f"{name}-answer")

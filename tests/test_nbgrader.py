@@ -99,10 +99,12 @@ def expected_points(student: str, answers: dict[str, str]) -> dict[str, int]:
     return {name: ex.grade(namespace.get(ex.variable), student).points for name, ex in EXERCISES.items()}
 
 
-def nbgrader(course: Path, *args: str) -> None:
+def nbgrader(course: Path, *args: str) -> str:
+    """Run an nbgrader command in `course`; return what it printed."""
     done = subprocess.run([sys.executable, "-m", "nbgrader", *args, "--debug"], cwd=course, capture_output=True,
                           text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +128,7 @@ def round_trip(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> di
         folder.mkdir(parents=True)
         nbformat.write(nb, folder / "exercises.ipynb")
         nbformat.write(nb, ours / f"{student}.ipynb")
-    nbgrader(course, "autograde", ASSIGNMENT, "--create")
+    autograde_log = nbgrader(course, "autograde", ASSIGNMENT, "--create")
 
     from nbgrader.api import Gradebook
 
@@ -140,7 +142,7 @@ def round_trip(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> di
     done = subprocess.run([sys.executable, "-m", "mnist_lesson", "grade", str(ours), "--out", str(out), "--timeout",
                            "900"], capture_output=True, text=True, timeout=3600, cwd=course)
     ours_rows = list(csv.DictReader(out.open(newline=""))) if out.exists() else []
-    return {"nbgrader": scores, "grade": ours_rows, "grade_run": done, "partly": partly,
+    return {"nbgrader": scores, "grade": ours_rows, "grade_run": done, "partly": partly, "autograde_log": autograde_log,
             "release": nbformat.read(release, as_version=4)}
 
 
@@ -172,3 +174,13 @@ def test_nbgrader_and_grade_agree_on_every_exercise(round_trip: dict[str, object
     for student, scores in round_trip["nbgrader"].items():
         assert {name: ours[(student, name)] for name in EXERCISES} == {n: int(s) for n, s in scores.items()}, student
         assert ours[(student, "TOTAL")] == sum(scores.values())
+
+
+def test_the_committed_student_version_keeps_every_locked_cell_as_nbgrader_locked_it(
+        round_trip: dict[str, object]) -> None:
+    """The Colab badge sits in a cell of its own: nbgrader finds no locked cell changed in the handed-in student
+    version (it used to report "checksum for cell intro has changed" for every submission)."""
+    log = str(round_trip["autograde_log"])
+    changed = [line for line in log.splitlines() if "checksum" in line.lower() and "changed" in line.lower()]
+    assert not changed, changed[:5]
+

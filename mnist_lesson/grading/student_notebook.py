@@ -3,8 +3,9 @@
 The source, instructor/exercises.ipynb, holds each solution between `### BEGIN SOLUTION` and `### END SOLUTION`
 (nbgrader's markers) and carries nbgrader's cell metadata. `python -m mnist_lesson student` writes the student
 version, notebooks/exercises.ipynb: every solution region removed (the `x = None` line before it stays, so an
-unanswered exercise's check says "not answered yet" instead of raising), every output cleared, the Colab badge
-added to the first cell and the Colab setup and device cells (mnist_lesson.colab) after it. nbgrader's own
+unanswered exercise's check says "not answered yet" instead of raising), every output cleared, and the Colab badge
+(a markdown cell of its own, so that nbgrader's locked title cell keeps its checksum) and the Colab setup and device
+cells (mnist_lesson.colab) after the title. nbgrader's own
 `generate_assignment`, with `ClearSolutions.code_stub = {"python": ""}`, leaves the same answer cells.
 A test fails while the committed student version is stale.
 """
@@ -36,6 +37,7 @@ TARGET = Path("notebooks/exercises.ipynb")
 _SOLUTION = re.compile(rf"^[ \t]*{re.escape(BEGIN)}[^\n]*\n.*?^[ \t]*{re.escape(END)}[^\n]*(?:\n|\Z)",
                        re.DOTALL | re.MULTILINE)
 _COLAB_IDS = ("colab-setup", "colab-device")  # fixed cell ids: regenerating the notebook leaves no noise in a diff
+_BADGE_ID = "colab-badge"
 
 
 def strip_solutions(source: str) -> str:
@@ -58,27 +60,22 @@ def _lock(cell: nbformat.NotebookNode) -> None:
 
 
 def _add_colab(nb: nbformat.NotebookNode, name: str, badge_line: str) -> None:
-    title = nb.cells[0].source.splitlines() if nb.cells and nb.cells[0].cell_type == "markdown" else []
-    if not title:
+    if not (nb.cells and nb.cells[0].cell_type == "markdown" and nb.cells[0].source.strip()):
         raise ValueError("the source notebook must start with a markdown cell (its title) for the Colab badge")
-    badges = [i for i, line in enumerate(title) if "colab-badge.svg" in line]
-    if badges:
-        title[badges[0]] = badge_line
-    else:
-        title[1:1] = ["", badge_line]
-    nb.cells[0].source = "\n".join(title)
-    nb.cells = [cell for cell in nb.cells if not (cell.cell_type == "code" and (
+    # The badge gets a markdown cell of its own after the title, which stays as nbgrader locked it: editing a locked
+    # cell would change its checksum, and nbgrader's autograde would report every submission's as changed.
+    nb.cells = [cell for cell in nb.cells if cell.get("id") != _BADGE_ID and not (cell.cell_type == "code" and (
         cell.source.startswith(SETUP_MARKER) or DEVICE_MARKER in cell.source))]
     setup = nbformat.v4.new_code_cell(setup_source(), id=_COLAB_IDS[0])
     device = nbformat.v4.new_code_cell(device_source(name), id=_COLAB_IDS[1])
-    nb.cells[1:1] = [setup, device]
+    nb.cells[1:1] = [nbformat.v4.new_markdown_cell(badge_line, id=_BADGE_ID), setup, device]
     nb.metadata.update(copy.deepcopy(COLAB_METADATA))
 
 
 def student_version(source: nbformat.NotebookNode, badge_line: str | None = None,
                     name: str = TARGET.name) -> nbformat.NotebookNode:
     """Return a copy of `source` with the solutions removed, every output cleared and locked cells marked read-only;
-    with `badge_line`, also the Colab badge in the first cell and the Colab setup and device cells after it."""
+    with `badge_line`, also a Colab badge cell and the Colab setup and device cells after the title cell."""
     nb = copy.deepcopy(source)
     for cell in nb.cells:
         cell.source = strip_solutions(cell.source)
