@@ -25,12 +25,14 @@
 # through their --smoke-check, which this passes: results go to files of this check only (never
 # mnist_lesson/evidence/), each marked "smoke": true, and so is the JSON.
 #
-# How long things take: measured on the H200 on 2026-12-04 (torch 2.11), the step is host-bound, about 5 ms a step of
-# `final` whatever else runs beside it (one process per CPU core): `train final` took 93 s for 15 epochs (the first
+# How long things take: measured on the H200 on 2026-12-04 (torch 2.11), the step looks host-bound (not profiled),
+# about 5 ms a step of `final` (evaluation included), a little more with 7 others beside it (one process per CPU
+# core): `train final` took 93 s for 15 epochs (the first
 # epoch about 23 s), a seed of `final` 82-106 s, a seed of `under5k` or `under8k` (batch 32, twice the steps) about
-# 180 s; the header's earlier estimate of 22-30 s a seed was 3-4 times too optimistic. So, in one call: the speed part
-# needs about 7-8 minutes alone (plain ~105 s, --amp about as long, two cold compiles on top); seeds fit only side by
-# side, one process per seed (benchmarks/gpu_session.sh does that: 10 seeds of `final` in about 2 minutes). Every step
+# 180 s; the header's earlier estimate of 22-30 s a seed was 3-4 times too optimistic. So: the speed part
+# needs about 7-8 minutes alone (plain ~105 s, --amp at least 65 s, two cold compiles on top: estimates, none of the
+# three finished); seeds fit only side by side, one process per seed (benchmarks/gpu_session.sh does that; 8 at once
+# took 100-106 s a seed of `final`, 17 at once has not been tried). Every step
 # runs under `timeout`: a part stops at --part-seconds (default 480), each seeds step of the rungs gets an even share
 # of what is left, and seeds.py writes after each seed, so a stopped seeds step keeps the seeds it finished. --seeds
 # changes the seeds of the seeds parts.

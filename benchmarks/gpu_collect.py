@@ -2,11 +2,12 @@
 
     python benchmarks/gpu_collect.py FOLDER [--model final] [--out FILE]
 
-FOLDER holds what gpu_session.sh (gpu_check.json files: final_a.json, ...) and direct seeds.py calls (seeds files,
-or their logs when the files did not come back) returned, copied as they came. A seed found both ways is taken from
-its JSON. A run rebuilt from a log (the epoch lines `seeds.py` prints) says so ("from": "log"); its test accuracies
-are the printed two-decimal figures, the same as the JSON's. The output is a seeds file in benchmarks/seeds.py's
-format, so the README's tables and `records.summarize_seeds` read it like any other.
+FOLDER holds what gpu_session.sh (gpu_check.json files such as final_s3.json, unpacked from results.tar.gz) and
+direct seeds.py calls (seeds files, or their logs when the files did not come back) returned, copied as they came;
+the recipe and parameter count come from a seeds file or from a gpu_check.json's seeds step. A seed found both
+ways is taken from its JSON. A run rebuilt from a log (the epoch lines `seeds.py` prints) says so ("from": "log");
+its test accuracies are the printed two-decimal figures, the same as the JSON's. The output is a seeds file in
+benchmarks/seeds.py's format, so the README's tables and `records.summarize_seeds` read it like any other.
 """
 
 from __future__ import annotations
@@ -25,15 +26,20 @@ EPOCH = re.compile(r"^epoch\s+(\d+)/(\d+): train loss ([\d.]+) acc ([\d.]+)% \| 
                    r"\| lr \S+ \| ([\d.]+) s$")
 
 
-def runs_in_check(path: Path, model: str) -> list[dict[str, Any]]:
-    """Return the finished seeds of `model` in one gpu_check.json."""
+def runs_in_check(path: Path, model: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Return the seeds file's header (model, params, recipe, torch) and the finished seeds of `model` in one
+    gpu_check.json (its seeds steps' figures), or (None, []) when it ran none."""
     report = read_json(path)
-    runs = []
+    header, runs = None, []
     for step in report.get("steps", []):
         figures = step.get("figures") or {}
         if figures.get("model") == model:
+            if header is None and all(key in figures for key in ("params", "recipe", "torch")):
+                header = {key: figures[key] for key in ("model", "params", "recipe", "torch")}
+            if figures.get("smoke"):
+                header = {**(header or {}), "smoke": True}
             runs += [{key: value for key, value in run.items() if key != "claim_holds"} for run in figures["runs"]]
-    return runs
+    return header, runs
 
 
 def run_from_log(path: Path, seed: int, device: str, code: str) -> dict[str, Any] | None:
@@ -60,14 +66,17 @@ def main(argv: list[str] | None = None) -> int:
     for path in sorted(args.folder.glob("*.json")):
         data = read_json(path)
         if "steps" in data:  # a gpu_check.json
-            for run in runs_in_check(path, args.model):
+            from_check, runs = runs_in_check(path, args.model)
+            header = header or from_check
+            for run in runs:
                 found.setdefault(run["seed"], run)
         elif data.get("model") == args.model:  # a seeds file
             header = header or {key: value for key, value in data.items() if key != "runs"}
             for run in data["runs"]:
                 found.setdefault(run["seed"], run)
     if header is None:
-        raise SystemExit(f"gpu_collect: no seeds file of {args.model} in {args.folder} to take the recipe from")
+        raise SystemExit(f"gpu_collect: no run of {args.model} in {args.folder} (no seeds file or gpu_check.json with "
+                         "its seeds) to take the recipe from")
     if any(run.get("smoke") for run in found.values()) or header.get("smoke"):
         raise SystemExit("gpu_collect: smoke runs are never recorded")
     device = next(iter(found.values()))["device"]

@@ -1,29 +1,33 @@
 #!/usr/bin/env bash
-# The device tool's whole lease in one call (about 11-12 minutes of a 15-minute allowance, the machine's start
-# included): gpu_check.sh's speed part alone on the machine first (its figures are timings), then everything else side
-# by side, one process per seed (the step is host-bound: on the H200 a process kept its speed with 7 others beside
-# it), so their figures are accuracies and whether cells ran, not timings: every seed of `final` (default 0-9), the
-# rungs' seeds (default 0 1 of under8k, under5k and under3762) and the notebooks part. First ran on an H200 on
-# 2026-12-04 in an earlier form (docs/performance.md).
+# A device lease in two calls of the device tool (each under its 10-minute limit; about 11-12 minutes of a 15-minute
+# allowance with the machine's start): `--phase speed`, gpu_check.sh's speed part alone on the machine (its figures
+# are timings), then `--phase side`, everything else side by side, one process per seed (seeds fit only that way: a
+# seed of `final` took 82-106 s on the H200 with 3 to 7 others beside it), so its figures are accuracies and whether
+# cells ran, not timings: every seed of `final` (default 0-9), the rungs' seeds (default 0 1 of under8k, under5k and
+# under3762) and the notebooks part. Call the second at once, while the machine is still warm (30 s). First ran on
+# an H200 on 2026-12-04 in an earlier, one-call form (docs/performance.md).
 #
-#   benchmarks/gpu_session.sh [--cpu-smoke] [--speed-seconds N] [--side-seconds N] [--final "0 1 ..."]
-#                             [--rungs "0 1"] [--data ROOT]
+#   benchmarks/gpu_session.sh --phase speed|side|both [--cpu-smoke] [--speed-seconds N] [--side-seconds N]
+#                             [--final "0 1 ..."] [--rungs "0 1"] [--data ROOT]
 #
-# Call it from the device tool with carry [".whl", "data"] and a timeout_s of speed + side seconds + about 60:
+# Call it from the device tool with carry [".whl", "data"] and timeout_s 480 for `--phase speed` (speed-seconds 420),
+# 300 for `--phase side` (side-seconds 240):
 #   data/  the four MNIST files, gzipped (gpu_check.sh's header says how; about 11 MB)
 #   .whl/  wheels of what the notebooks need and the machine lacks (nbclient, ipykernel, torchinfo, ipywidgets and
 #          their needs: benchmarks/gpu_wheels.txt lists them and how to download them), installed with --target
-# What comes back under $OUT: speed.json (the speed part's gpu_check.json) and results.tar.gz (every gpu_check.json,
-# NAME.json for each process, every log, the executed notebooks): two files, well inside the tool's 8. Then
-# `python benchmarks/gpu_collect.py FOLDER` folds the seeds into mnist_lesson/evidence/seeds_MODEL_cuda.json.
-# --cpu-smoke runs the same on the CPU in smoke mode (a few minutes), to check this script before a lease.
+# What comes back under $OUT: speed.json (the speed part's gpu_check.json) from the first call; results.tar.gz (a
+# gpu_check.json per process, NAME.json, every log, the executed notebooks) from the second. Then, here,
+# `python benchmarks/gpu_collect.py FOLDER` on the unpacked folder folds the seeds into
+# mnist_lesson/evidence/seeds_MODEL_cuda.json. --cpu-smoke runs the same on the CPU in smoke mode (a few minutes, both
+# phases with --phase both), to check this script before a lease.
 set -uo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-smoke=() speed_seconds=420 side_seconds=240 final="0 1 2 3 4 5 6 7 8 9" rungs="0 1" data="$repo/data"
+smoke=() speed_seconds=420 side_seconds=240 final="0 1 2 3 4 5 6 7 8 9" rungs="0 1" data="$repo/data" phase=""
 while [ $# -gt 0 ]; do
     case $1 in
     --cpu-smoke) smoke=(--cpu-smoke) ;;
+    --phase) phase=$2; shift ;;
     --speed-seconds) speed_seconds=$2; shift ;;
     --side-seconds) side_seconds=$2; shift ;;
     --final) final=$2; shift ;;
@@ -34,6 +38,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -n "${OUT:-}" ] || { echo "gpu_session: set OUT (the device tool does)" >&2; exit 2; }
+case $phase in speed | side | both) ;; *) echo "gpu_session: say --phase speed, side or both" >&2; exit 2 ;; esac
 if compgen -G "$repo/.whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         "$repo"/.whl/*.whl || echo "gpu_session: the carried wheels did not install; the notebooks part will fail" >&2
@@ -50,8 +55,12 @@ check() { # NAME PART... : one gpu_check.sh into results/NAME
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
 start=$SECONDS
-check speed speed --part-seconds "$speed_seconds"
-echo "== speed part: $((SECONDS - start)) s"
+if [ "$phase" != side ]; then
+    check speed speed --part-seconds "$speed_seconds"
+    echo "== speed part: $((SECONDS - start)) s"
+    [ -f "$results/speed/gpu_check.json" ] && cp "$results/speed/gpu_check.json" "$OUT/speed.json"
+fi
+[ "$phase" != speed ] || { ls -la "$OUT"; exit 0; }
 [ ${#smoke[@]} -eq 0 ] || { final="0 1"; rungs="0"; }
 for seed in $final; do
     check "final_s$seed" seeds-final --seeds "$seed" --part-seconds "$side_seconds" &
@@ -64,7 +73,6 @@ done
 check notebooks notebooks --part-seconds "$side_seconds" &
 wait
 echo "== all parts: $((SECONDS - start)) s"
-[ -f "$results/speed/gpu_check.json" ] && cp "$results/speed/gpu_check.json" "$OUT/speed.json"
 (cd "$results" && for folder in */; do
     name=${folder%/}
     [ -f "$name/gpu_check.json" ] && cp "$name/gpu_check.json" "$name.json"

@@ -102,11 +102,14 @@ def default_threads(processes: int = 1) -> int:
     """Return the CPU threads one of `processes` processes should compute with: its share of the cores that other
     work leaves free (at least one), because on a shared 2-core CPU two threads per process wait on each other and
     ran several times slower. Busy cores are measured now (`busy_cores`), else read from the load average."""
-    cores = os.cpu_count() or 1
+    host = os.cpu_count() or 1
+    # The cores this process may use (a container or `taskset` may allow fewer than the machine has); what other
+    # work keeps busy is measured machine-wide, so only its share of these cores counts against them.
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else host
     busy = busy_cores()
     if busy is None:
         busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    free = max(1, round(cores - busy))
+    free = max(1, round(cores - busy * cores / max(host, cores)))
     return max(1, free // max(1, processes))
 
 

@@ -604,6 +604,7 @@ class GpuStep:
     test_acc: tuple[float, ...]
     notebooks: tuple[Mapping[str, Any], ...]  # a notebooks step: per notebook, mode, ok, seconds, error
     seeds: tuple[Mapping[str, Any], ...]  # a seeds step: every seed it finished (kept when it was stopped)
+    seed: int | None = None  # a training step's seed
 
 
 @dataclass(frozen=True)
@@ -629,7 +630,7 @@ def read_gpu_check(path: Path) -> GpuCheck:
         steps.append(GpuStep(step["part"], step["name"], step["state"], step["seconds"], step["limit_s"],
                              figures.get("run_s"), tuple(figures.get("epoch_s") or ()),
                              tuple(figures.get("test_acc") or ()), runs if step["part"] == "notebooks" else (),
-                             runs if step["part"].startswith("seeds") else ()))
+                             runs if step["part"].startswith("seeds") else (), figures.get("seed")))
     return GpuCheck(data["device"], data["torch"], data["code"], data["date"], tuple(steps))
 
 

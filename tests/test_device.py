@@ -71,6 +71,19 @@ def test_default_threads_takes_the_share_of_the_free_cores(busy: float | None, p
     """On 2 cores: both when nothing else runs; one when another run keeps a core busy (two threads each would wait
     on each other), or when two processes share the machine. Without /proc/stat, the load average decides."""
     monkeypatch.setattr(device.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     monkeypatch.setattr(device, "busy_cores", lambda seconds=0.2: busy)
     monkeypatch.setattr(device.os, "getloadavg", lambda: (1.7, 1.0, 1.0), raising=False)
     assert device.default_threads(processes) == threads
+
+
+def test_a_process_allowed_fewer_cores_counts_only_its_share_of_the_machines_load(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a container allowed 2 of a 64-core machine's cores, 30 busy cores elsewhere leave about half of ours."""
+    monkeypatch.setattr(device.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(device.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(device, "busy_cores", lambda seconds=0.2: 30.0)
+    assert device.default_threads() == 1
+    monkeypatch.setattr(device, "busy_cores", lambda seconds=0.2: 0.0)
+    assert device.default_threads() == 2
+

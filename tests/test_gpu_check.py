@@ -279,7 +279,8 @@ def test_cpu_smoke_of_a_whole_session_brings_back_two_files(tmp_path: Path, mnis
     environ.update(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", TMPDIR=str(tmp_path),
                    MNIST_LESSON_DATA=str(mnist_root), OUT=str(out))
     # The session reads the data from the repository's data/ (what the device tool carries): point it at the test's.
-    done = subprocess.run(["bash", str(session), "--cpu-smoke", "--speed-seconds", "20", "--side-seconds", "600",
+    done = subprocess.run(["bash", str(session), "--phase", "both", "--cpu-smoke", "--speed-seconds", "20",
+                           "--side-seconds", "600",
                            "--data", str(mnist_root)], cwd=tmp_path, env=environ, capture_output=True, text=True,
                           timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -290,6 +291,10 @@ def test_cpu_smoke_of_a_whole_session_brings_back_two_files(tmp_path: Path, mnis
     expected = {"final_s0.json", "final_s1.json", "under8k_s0.json", "under5k_s0.json", "under3762_s0.json",
                 "notebooks.json", "speed.json"}
     assert expected <= names, names
+    collect = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_collect.py"), str(tmp_path / "results"),
+                              "--out", str(tmp_path / "collected.json")], env={**environ, "MNIST_LESSON_SMOKE": ""},
+                             capture_output=True, text=True, timeout=300)
+    assert "smoke runs are never recorded" in collect.stderr + collect.stdout  # it reads them, and refuses smoke
     for name in expected - {"speed.json"}:
         report = json.loads((tmp_path / "results" / name).read_text())
         assert report["smoke"] is True and report["ok"] is True, (name, [s["state"] for s in report["steps"]])

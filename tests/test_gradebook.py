@@ -186,3 +186,24 @@ def test_a_lock_taken_away_stops_the_grader_before_it_writes_again(tmp_path: Pat
     assert "\n" not in str(stopped.value)
     with gb.Gradebook(out, CHECKS, log=lambda m: None) as again:
         assert again.graded() == {"alice"}
+
+
+def test_a_link_at_the_locks_name_is_never_followed(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    (tmp_path / "g.csv.lock").symlink_to(target)
+    with pytest.raises(UsageError, match="lock") as refused, gb.Gradebook(tmp_path / "g.csv", CHECKS, log=print):
+        pass
+    assert not target.exists() and "\n" not in str(refused.value)
+
+
+def test_the_exports_match_keys_as_the_exercises_normalize_them(tmp_path: Path) -> None:
+    """A file named Alice.ipynb is graded under "Alice"; the roster says "alice": the same student. A stem with
+    Moodle's shape that the roster does not know is still read as a Canvas download; Canvas's LATE in any case."""
+    path = tmp_path / "roster.csv"
+    path.write_text(ROSTER)
+    roster = lms.read_roster(path)
+    canvas = list(csv.reader(io.StringIO(lms.canvas_csv({"Alice ": 20}, 29, roster, "A"))))
+    assert canvas[2][:2] == ["Alice Smith", "12345"]
+    assert lms.unmatched({"Alice": 1, "bob": 2}, roster, "canvas") == ["bob"]
+    assert lms.lms_student("smithalice_late_12345_1_x", roster)[0] == "alice"
+    assert lms.lms_student("smithalice_12345_2_Bob_7_assignsubmission_file_x", roster)[0] == "alice"

@@ -7,6 +7,7 @@ and rewritten from the record. What is and is not protected: docs/grading.md.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import fcntl
@@ -14,6 +15,7 @@ import hashlib
 import io
 import os
 import secrets
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +61,22 @@ def _replace(path: Path, text: str) -> None:
         os.fsync(folder)
     finally:
         os.close(folder)
+
+
+def _replace_in(folder: int, name: str, text: str) -> None:
+    """Write `text` to the file `name` in the open folder `folder` atomically, never through a link."""
+    tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder)
+        with open(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=folder)
+    os.fsync(folder)
 
 
 def feedback_file(student: str) -> str:
@@ -131,7 +149,15 @@ class Gradebook:
 
     def __enter__(self) -> Gradebook:
         lock = self.path.with_name(f"{self.path.name}.lock")
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a link: a link planted at the lock's name would lock (or create) something else
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise UsageError(f"cannot use the lock {lock} ({exc.strerror or exc}: a link or not a file?); remove it "
+                             "if no grader runs, or choose another --out") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UsageError(f"the lock {lock} is not a regular file; remove it if no grader runs, or choose another "
+                             "--out")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -275,9 +301,15 @@ class Gradebook:
                      "made in its place: nothing is written through it")
             self.feedback.unlink()
         self.feedback.mkdir(exist_ok=True)
-        for student in self.students if feedback_for is None else feedback_for:
-            if self.complete(student):
-                _replace(self.feedback / feedback_file(student), feedback_text(self.students[student], self.checks))
+        # Opened once, never through a link, and every file written relative to it: a folder swapped for a link
+        # while the files are written still receives nothing through the link.
+        folder = os.open(self.feedback, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            for student in self.students if feedback_for is None else feedback_for:
+                if self.complete(student):
+                    _replace_in(folder, feedback_file(student), feedback_text(self.students[student], self.checks))
+        finally:
+            os.close(folder)
 
 
 def graded_students(gradebook: Path, checks: Checks | None = None) -> set[str]:

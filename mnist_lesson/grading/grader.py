@@ -133,8 +133,9 @@ def find_submissions(folder: Path, roster: Mapping[str, lms.Student] | None = No
     if unknown:
         log(f"{len(unknown)} file(s) look like {lms.looks_like_lms(unknown[0])} downloads but "
             + ("no --roster was given" if roster is None else "the roster does not list them")
-            + f" (e.g. {unknown[0]}): they are graded under their whole file name, whose numbers are not the "
-            "student's; pass a --roster with their `id` (Canvas) or `name` (Moodle) and grade them with --redo")
+            + f" ({', '.join(unknown[:10])}{' ...' if len(unknown) > 10 else ''}): they are graded under their whole "
+            "file name, whose numbers are not the student's; pass a --roster with their `id` (Canvas) or `name` "
+            "(Moodle) and grade them with --redo")
     # Two files for one student (alice.ipynb, alice.IPYNB): each is recorded under its whole escaped file name.
     return [Submission(Path(folder) / name, stem if stems.count(stem) == 1 else student_name(name + SUFFIX))
             for name, stem in zip(names, stems, strict=True)]
@@ -545,8 +546,16 @@ def grade_folder(submissions: Path, gradebook: Path, limits: GradingLimits = Gra
             totals = {student: book.students[student][-1].points for student in book.graded()}
             text = (lms.canvas_csv(totals, checks.full, students or {}, assignment, bom) if lms_export == "canvas"
                     else lms.moodle_csv(totals, students or {}, assignment, bom))
-            atomic_write(export, text.encode())
+            try:
+                atomic_write(export, text.encode())
+            except OSError as exc:
+                raise OutputFailed(f"cannot write {export}: {exc.strerror or exc}; free some space and run the same "
+                                   "command again (every student is in the gradebook already)") from None
             log(f"{lms_export} import file: {export} ({len(totals)} student(s), the assignment column {assignment!r})")
+            if missing := lms.unmatched(totals, students or {}, lms_export):
+                log(f"{len(missing)} student(s) in it have nothing {lms_export} can match them by (no roster row, or "
+                    f"no identifier in it): {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}; add "
+                    "them to the --roster and run again")
     if summary.totals:
         mean = sum(p for p, _ in summary.totals.values()) / len(summary.totals)
         full = sum(p == m for p, m in summary.totals.values())

@@ -29,7 +29,7 @@ from mnist_lesson.config import UsageError
 from mnist_lesson.grading.gradebook import BOM, safe_row
 
 LMS = ("canvas", "moodle")
-CANVAS_FILE = re.compile(r"^(?P<name>[^_]+?)(?:_LATE)?_(?P<user>\d+)_(?P<submission>\d+)_(?P<file>.+)$")
+CANVAS_FILE = re.compile(r"^(?P<name>[^_]+?)(?:_late)?_(?P<user>\d+)_(?P<submission>\d+)_(?P<file>.+)$", re.IGNORECASE)
 MOODLE_FILE = re.compile(r"^(?P<name>.+?)_(?P<participant>\d+)_assignsubmission_(?:file|onlinetext)_(?P<file>.*)$")
 
 
@@ -47,6 +47,11 @@ class Student:
 
 
 COLUMNS = tuple(f.name for f in fields(Student))
+
+
+def normalize_key(key: str) -> str:
+    """Return a student key as the exercises normalize it: inner spaces collapsed, trimmed, case-folded."""
+    return " ".join(key.split()).casefold()
 
 
 def read_roster(path: Path) -> dict[str, Student]:
@@ -68,7 +73,7 @@ def read_roster(path: Path) -> dict[str, Student]:
     roster: dict[str, Student] = {}
     for number, row in enumerate(rows, start=2):
         cells = {key.strip().lower(): (value or "").strip() for key, value in row.items() if key is not None}
-        key = " ".join(cells["student"].split()).casefold()  # as the exercises normalize a student key
+        key = normalize_key(cells["student"])
         if not key:
             raise UsageError(f"--roster {path}, line {number}: the `student` cell is empty")
         if key in roster:
@@ -79,20 +84,30 @@ def read_roster(path: Path) -> dict[str, Student]:
 
 def lms_student(stem: str, roster: Mapping[str, Student]) -> tuple[str, str] | None:
     """Return (student key, how it was found) for an LMS download's file stem, or None when it is not one or the
-    roster does not know it."""
+    roster does not know it. A Moodle name is tried first, then a Canvas one."""
     if match := MOODLE_FILE.match(stem):
-        name = " ".join(match["name"].split()).casefold()
-        found = [s for s in roster.values() if " ".join(s.name.split()).casefold() == name]
-        return (found[0].student, f"Moodle download of {match['name']!r}") if len(found) == 1 else None
+        name = normalize_key(match["name"])
+        found = [s for s in roster.values() if normalize_key(s.name) == name]
+        if len(found) == 1:
+            return found[0].student, f"Moodle download of {match['name']!r}"
     if match := CANVAS_FILE.match(stem):
         found = [s for s in roster.values() if s.id == match["user"]]
-        return (found[0].student, f"Canvas download of user {match['user']}") if len(found) == 1 else None
+        if len(found) == 1:
+            return found[0].student, f"Canvas download of user {match['user']}"
     return None
 
 
 def looks_like_lms(stem: str) -> str | None:
     """Return "Canvas" or "Moodle" when a file stem has that system's download pattern, else None."""
     return "Moodle" if MOODLE_FILE.match(stem) else "Canvas" if CANVAS_FILE.match(stem) else None
+
+
+def unmatched(totals: Mapping[str, int], roster: Mapping[str, Student], system: str) -> list[str]:
+    """Return the graded students the export cannot match in `system` ("canvas" or "moodle"): no identifier."""
+    def identified(s: Student) -> bool:
+        return bool(s.id or s.sis_user_id or s.login) if system == "canvas" else bool(s.email or s.sis_user_id
+                                                                                       or s.id or s.name)
+    return sorted(key for key in totals if not identified(roster.get(normalize_key(key), Student(key, name=""))))
 
 
 def _csv(rows: list[list[object]], bom: bool) -> str:
@@ -107,7 +122,7 @@ def canvas_csv(totals: Mapping[str, int], full: int, roster: Mapping[str, Studen
     rows: list[list[object]] = [["Student", "ID", "SIS User ID", "SIS Login ID", "Section", assignment],
                                 ["Points Possible", "", "", "", "", full]]
     for key in sorted(totals):
-        s = roster.get(key, Student(key))
+        s = roster.get(normalize_key(key), Student(key))
         rows.append([s.name or s.student, s.id, s.sis_user_id, s.login, s.section, totals[key]])
     return _csv(rows, bom)
 
@@ -116,6 +131,6 @@ def moodle_csv(totals: Mapping[str, int], roster: Mapping[str, Student], assignm
     """Return a CSV for Moodle's grade import: email address, ID number and full name to map, then the grade."""
     rows: list[list[object]] = [["Email address", "ID number", "Full name", assignment]]
     for key in sorted(totals):
-        s = roster.get(key, Student(key))
+        s = roster.get(normalize_key(key), Student(key))
         rows.append([s.email, s.sis_user_id or s.id, s.name or s.student, totals[key]])
     return _csv(rows, bom)
