@@ -61,6 +61,7 @@ from mnist_lesson.tables import (
     steps_table,
     study_chain,
     study_table,
+    unseen_seeds_verdict,
 )
 
 README = REPO / "README.md"
@@ -137,20 +138,7 @@ UNSEEN = range(10, 20)  # seeds no design choice had seen when the rungs' recipe
 
 def unseen_verdict() -> str:
     """Return the sentences on the rungs' seeds 10-19: how many ran, how many hold, every seed's worst epoch."""
-    parts = []
-    for name in ("under5k", "under8k"):
-        s = summarize_seeds(seeds_path(name))
-        ran = [seed for seed in UNSEEN if seed in s.last_accs]
-        if not ran:
-            parts.append(f"`{name}` has not run any of them yet.")
-            continue
-        held = [seed for seed in ran if claim_holds(s.last_accs[seed])]
-        worsts = ", ".join(f"{seed}: {min(s.last_accs[seed]):.2f}" for seed in ran)
-        parts.append(f"`{name}` ({s.params:,} parameters), recipe unchanged: {len(held)} of the {len(ran)} that ran "
-                     f"hold (the lowest of each seed's last {LAST_EPOCHS} epochs, {worsts})"
-                     + (f"; {len(UNSEEN) - len(ran)} of the {len(UNSEEN)} have not run yet." if len(ran) < len(UNSEEN)
-                        else "."))
-    return (f"On seeds {UNSEEN.start}-{UNSEEN.stop - 1}, which no choice of these recipes had seen: " + " ".join(parts))
+    return unseen_seeds_verdict([summarize_seeds(seeds_path(name)) for name in ("under5k", "under8k")], UNSEEN)
 
 
 def _upper_first(text: str) -> str:

@@ -250,3 +250,21 @@ def cpu_levers_table(levers: CpuLevers) -> str:
                     f"| {_accs(levers.test_acc[name])} |")
     return "\n".join(rows) + f"\n\nOn {levers.device}."
 
+
+def unseen_seeds_verdict(summaries: Sequence[SeedsSummary], seeds: range) -> str:
+    """Return, per model, how its seeds in `seeds` (the ones no choice had seen) went: how many ran, how many hold,
+    and each one's lowest last-epoch accuracy."""
+    parts = []
+    for s in summaries:
+        ran = [seed for seed in seeds if seed in s.last_accs]
+        if not ran:
+            parts.append(f"`{s.model}` has not run any of them yet.")
+            continue
+        held = sum(claim_holds(s.last_accs[seed]) for seed in ran)
+        lowest = ", ".join(f"{seed}: {min(s.last_accs[seed]):.2f}" for seed in ran)
+        missing = len(seeds) - len(ran)
+        parts.append(f"`{s.model}` ({s.params:,} parameters): {held} of the {len(ran)} that ran hold (the lowest of "
+                     f"each seed's last {LAST_EPOCHS} epochs: {lowest})"
+                     + (f"; {missing} of the {len(seeds)} have not run yet." if missing else "."))
+    return f"On seeds {seeds.start}-{seeds.stop - 1}, which no choice of these recipes had seen: " + " ".join(parts)
+

@@ -363,3 +363,15 @@ def test_the_cpu_levers_read_as_recorded() -> None:
     assert names[0] == "1 thread" and len(names) >= 4
     assert len({len(seconds) for seconds in levers.seconds.values()}) == 1  # alternating: the same runs each
     assert "1.00x" in cpu_levers_table(levers).splitlines()[2] and levers.device.startswith("cpu (")
+
+
+def test_the_unseen_seeds_verdict_counts_only_the_seeds_that_ran() -> None:
+    from mnist_lesson.records import SeedsSummary
+    from mnist_lesson.tables import unseen_seeds_verdict
+
+    s = SeedsSummary("under5k", 4832, 15, {0: (99.5, 99.5, 99.5), 10: (99.40, 99.31, 99.34), 11: (99.42, 99.43, 99.44)},
+                     "cpu")
+    text = unseen_seeds_verdict([s], range(10, 20))
+    assert "1 of the 2 that ran hold" in text and "10: 99.31, 11: 99.42" in text and "8 of the 10 have not run" in text
+    none = SeedsSummary("under8k", 6920, 15, {0: (99.5, 99.5, 99.5)}, "cpu")
+    assert "`under8k` has not run any of them yet." in unseen_seeds_verdict([none], range(10, 20))
