@@ -124,7 +124,7 @@ def test_final_model_claim_holds_on_every_seed() -> None:
     assert summary.holds, "\n".join(summary.lines())
     assert seeds.params == count_parameters(get_model("final")) < BUDGET
     assert get_recipe("final").matches(seeds.recipe)
-    assert set(range(5)) <= {run.seed for run in seeds.runs} <= set(CLAIM_SEEDS)
+    assert set(range(5)) <= {run.seed for run in seeds.runs} <= set(CLAIM_SEEDS) | set(range(10, 20))
     assert all(len(run.test_acc) == get_recipe("final").epochs <= MAX_EPOCHS for run in seeds.runs)
 
 
@@ -194,18 +194,19 @@ def test_trials_table_and_steady_epoch_time(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name", sorted(LADDER))
 def test_every_ladder_rung_was_verified_on_at_least_five_seeds(name: str) -> None:
-    """Each rung's committed seeds file (seeds 0-4 at least, only the claim's 0-9) matches the registered model
-    and recipe (at most 15 epochs)."""
+    """Each rung's committed seeds file (seeds 0-4 at least; the claim's 0-9, and 10-19, the seeds unseen when the
+    recipes were fixed) matches the registered model and recipe (at most 15 epochs)."""
     seeds = read_seeds(seeds_path(name))
     assert seeds.params == count_parameters(get_model(name)) < LADDER[name]
     assert get_recipe(name).matches(seeds.recipe) and get_recipe(name).epochs <= MAX_EPOCHS
-    assert set(range(5)) <= {run.seed for run in seeds.runs} <= set(CLAIM_SEEDS)
+    assert set(range(5)) <= {run.seed for run in seeds.runs} <= set(CLAIM_SEEDS) | set(range(10, 20))
     assert all(len(run.test_acc) == get_recipe(name).epochs for run in seeds.runs)
 
 
 # A required rung that falls short would stay visible here as a strict xfail naming the failure (strict: the day
-# its recorded seeds all hold, this test says so) until a new recipe or rung replaces it. None does now.
-@pytest.mark.parametrize("name", ["under8k", "under5k"])
+# its recorded seeds all hold, this test says so) until a new recipe or rung replaces it.
+@pytest.mark.parametrize("name", ["under8k", pytest.param("under5k", marks=pytest.mark.xfail(
+    strict=True, reason="seed 10, unseen when its recipe was fixed, ends 99.40, 99.31, 99.34 (issue 24)"))])
 def test_required_ladder_rungs_hold_the_claim_on_every_seed(name: str) -> None:
     summary = summarize_seeds(seeds_path(name))
     assert summary.claimed, "\n".join([summary.verdict, *summary.lines()])
