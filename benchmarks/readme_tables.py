@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common import REPO
 
-from mnist_lesson.config import LAST_EPOCHS, TARGET, TRAIN_IMAGES
+from mnist_lesson.config import LAST_EPOCHS, TARGET, TRAIN_IMAGES, UNSEEN_SEEDS
 from mnist_lesson.course import notebooks_table
 from mnist_lesson.recipes import get_recipe
 from mnist_lesson.records import (
@@ -133,7 +133,7 @@ def amp_verdict() -> str:
             "on the same seeds without it.")
 
 
-UNSEEN = range(10, 20)  # seeds no design choice had seen when the rungs' recipes were fixed (issue 24)
+UNSEEN = range(UNSEEN_SEEDS[0], UNSEEN_SEEDS[-1] + 1)  # seeds no recipe choice had seen (config.UNSEEN_SEEDS)
 
 
 def unseen_verdict() -> str:

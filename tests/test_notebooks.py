@@ -76,14 +76,15 @@ def test_every_step_model_is_taught_in_a_notebook() -> None:
 
 def specification_numbers() -> set[str]:
     """The numbers markdown may state, each read from where the course defines it: its specification (target,
-    budget, epochs judged, the claim's seeds and their halves, the split sizes, the ladder's limits), the
-    registered recipes' epochs and batch sizes, the notebooks' own numbers, and the classes. A measured figure
-    is never among them: it belongs in a cell that renders it from the records."""
+    budget, epochs judged, the claim's seeds and their halves, the unseen seeds, the split sizes, the ladder's
+    limits), the registered recipes' epochs and batch sizes, the notebooks' own numbers, and the classes. A measured
+    figure is never among them: it belongs in a cell that renders it from the records."""
     train_images = 60_000  # MNIST's training set (test_numbers_the_prose_states_are_true loads it)
     seeds = config.CLAIM_SEEDS
     half = len(seeds) // 2
     numbers = {f"{config.TARGET:.2f}", f"{config.TARGET:g}", f"{config.BUDGET:,}", str(config.LAST_EPOCHS),
                str(config.MAX_EPOCHS), str(len(seeds)), f"{seeds[0]}-{seeds[half - 1]}", f"{seeds[half]}-{seeds[-1]}",
+               f"{seeds[0]}-{seeds[-1]}", f"{config.UNSEEN_SEEDS[0]}-{config.UNSEEN_SEEDS[-1]}",
                f"{config.VALIDATION_IMAGES:,}", f"{train_images:,}", f"{train_images - config.VALIDATION_IMAGES:,}",
                "10"}  # the classes
     numbers |= {f"{limit:,}" for limit in LADDER.values()}
