@@ -7,7 +7,7 @@
 # under3762) and the notebooks part. Call the second at once, while the machine is still warm (30 s). First ran on
 # an H200 on 2026-12-04 in an earlier, one-call form (docs/performance.md).
 #
-#   benchmarks/gpu_session.sh --phase speed|side|both [--cpu-smoke] [--speed-seconds N] [--side-seconds N]
+#   benchmarks/gpu_session.sh --phase speed|side|both|graph-seeds [--cpu-smoke] [--speed-seconds N] [--side-seconds N]
 #                             [--final "0 1 ..."] [--rungs "0 1"] [--data ROOT]
 #
 # Call it from the device tool with carry [".whl", "data"] and timeout_s 480 for `--phase speed` (speed-seconds 420),
@@ -18,7 +18,8 @@
 # What comes back under $OUT: speed.json (the speed part's gpu_check.json) from the first call; results.tar.gz (a
 # gpu_check.json per process, NAME.json, every log, the executed notebooks) from the second. Then, here,
 # `python benchmarks/gpu_collect.py FOLDER` on the unpacked folder folds the seeds into
-# mnist_lesson/evidence/seeds_MODEL_cuda.json. --cpu-smoke runs the same on the CPU in smoke mode (a few minutes, both
+# mnist_lesson/evidence/seeds_MODEL_cuda.json. `--phase graph-seeds` trains `final --graph` (benchmarks/seeds.py) on
+# every seed of --final, one process each, side by side, for at most --side-seconds each, into graph_seeds.tar.gz. --cpu-smoke runs the same on the CPU in smoke mode (a few minutes, both
 # phases with --phase both), to check this script before a lease.
 set -uo pipefail
 
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 [ -n "${OUT:-}" ] || { echo "gpu_session: set OUT (the device tool does)" >&2; exit 2; }
-case $phase in speed | side | both) ;; *) echo "gpu_session: say --phase speed, side or both" >&2; exit 2 ;; esac
+case $phase in speed | side | both | graph-seeds) ;; *) echo "gpu_session: say --phase speed, side, both or graph-seeds" >&2; exit 2 ;; esac
 if compgen -G "$repo/.whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         "$repo"/.whl/*.whl || echo "gpu_session: the carried wheels did not install; the notebooks part will fail" >&2
@@ -55,12 +56,31 @@ check() { # NAME PART... : one gpu_check.sh into results/NAME
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null
 start=$SECONDS
-if [ "$phase" != side ]; then
+if [ "$phase" = speed ] || [ "$phase" = both ]; then
     check speed speed --part-seconds "$speed_seconds"
     echo "== speed part: $((SECONDS - start)) s"
     [ -f "$results/speed/gpu_check.json" ] && cp "$results/speed/gpu_check.json" "$OUT/speed.json"
 fi
 [ "$phase" != speed ] || { ls -la "$OUT"; exit 0; }
+if [ "$phase" = graph-seeds ]; then # `final --graph` on every seed of --final, one process each, side by side
+    device=cuda
+    [ ${#smoke[@]} -eq 0 ] || { final="0 1"; device=cpu; export MNIST_LESSON_SMOKE=1; }
+    export MNIST_LESSON_DATA=$data
+    # Unpacks and verifies the carried files (as gpu_check.sh does), so that nothing reaches for the network.
+    python3 "$repo/benchmarks/gpu_report.py" data "$data" --out "$results/data.json" || exit 3
+    for seed in $final; do
+        # shellcheck disable=SC2046 # the smoke flags are separate words
+        timeout --kill-after=20 "$side_seconds" python3 "$repo/benchmarks/seeds.py" --model final --graph \
+            --device $device --seeds "$seed" --out "$results/final_graph_s$seed.json" \
+            $([ ${#smoke[@]} -eq 0 ] || echo --smoke-check --threads 1) >"$results/final_graph_s$seed.out" 2>&1 &
+    done
+    wait
+    echo "== graph seeds: $((SECONDS - start)) s"
+    grep -h -E '^seed [0-9]+:|Error' "$results"/final_graph_s*.out
+    (cd "$results" && tar czf "$OUT/graph_seeds.tar.gz" ./*.json ./*.out)
+    ls -la "$OUT"
+    exit 0
+fi
 [ ${#smoke[@]} -eq 0 ] || { final="0 1"; rungs="0"; }
 for seed in $final; do
     check "final_s$seed" seeds-final --seeds "$seed" --part-seconds "$side_seconds" &

@@ -1,13 +1,14 @@
 """Multi-seed verification: train a registered model with its recipe for several seeds, record every epoch.
 
-    python benchmarks/seeds.py [--model final] [--seeds 0 1 ... 9] [--threads 1] [--device auto] [--amp] [--compile]
+    python benchmarks/seeds.py [--model final] [--seeds 0 1 ... 9] [--threads 1] [--device auto]
+                                [--amp] [--compile] [--graph]
 
 Writes mnist_lesson/evidence/seeds_MODEL.json (per seed: per-epoch test and train accuracy and seconds, the
 device and the code's version; plus parameter count and recipe) after every seed, so an interrupted run keeps
 what it finished and a rerun skips the seeds already there. Models train on all 60,000 training images. The
 claim checked is the course's: every one of the last 3 epochs of every seed (0-9 by default) reaches 99.40%
-test accuracy. No epoch is picked by its test accuracy; the recipe was chosen on the validation split. With --amp or
---compile (speed levers that must keep the accuracy) the default file name says so: seeds_final_amp.json.
+test accuracy. No epoch is picked by its test accuracy; the recipe was chosen on the validation split. With --amp,
+--compile or --graph (speed levers that must keep the accuracy) the default file name says so: seeds_final_amp.json.
 With MNIST_LESSON_SMOKE=1 it refuses to run, unless `--smoke-check --out FILE` (FILE outside mnist_lesson/evidence/)
 asks for a check of its plumbing: smoke runs, a file marked `"smoke": true`.
 """
@@ -50,12 +51,13 @@ def main() -> int:
     parser.add_argument("--threads", type=int, help="CPU threads for this process (e.g. 1 to run two side by side)")
     parser.add_argument("--amp", action="store_true", help="train with bfloat16 autocast (native bfloat16 only)")
     parser.add_argument("--compile", action="store_true", help="train a torch.compile'd model")
+    parser.add_argument("--graph", action="store_true", help="replay each training step from a CUDA graph (CUDA only)")
     parser.add_argument("--smoke-check", action="store_true", help="with MNIST_LESSON_SMOKE=1: smoke runs that check "
                         "this script's plumbing, into --out outside mnist_lesson/evidence/, marked smoke")
     args = parser.parse_args()
     smoke = refuse_smoke_mode("smoke runs are never recorded", args.smoke_check, args.out)
-    speed = Speed(amp=args.amp, compile=args.compile)
-    suffix = "".join(f"_{lever}" for lever in ("amp", "compile") if getattr(speed, lever))
+    speed = Speed(amp=args.amp, compile=args.compile, graph=args.graph)
+    suffix = "".join(f"_{lever}" for lever in ("amp", "compile", "graph") if getattr(speed, lever))
     out = args.out or seeds_path(f"{args.model}{suffix}")
     recipe = get_recipe(args.model).with_overrides(epochs=args.epochs)
     set_threads(args.threads)

@@ -7,8 +7,9 @@ memory layout, eager float32. Two modes:
 
 - `levers` (default): the final model and its recipe (batch 64, rotation and shift, one-cycle): the
   baseline, the package default (data and augmentation on the device, channels-last), and the default
-  with torch.compile, with bfloat16 autocast and with both (autocast only on devices with native
-  bfloat16: recent CUDA GPUs, CPUs with AVX512-BF16 or AMX);
+  with torch.compile, with bfloat16 autocast, with both (autocast only on devices with native
+  bfloat16: recent CUDA GPUs, CPUs with AVX512-BF16 or AMX), and with each step replayed from a CUDA graph
+  (CUDA only);
 - `data-paths`: the assignment's model and recipe for one epoch: the baseline, each of the two levers of
   the package default alone, and both.
 
@@ -48,6 +49,7 @@ MODES: dict[str, tuple[str, int, dict[str, Speed]]] = {  # mode -> (model, defau
         "+ torch.compile": Speed(compile=True),
         "+ bfloat16 autocast": Speed(amp=True),
         "+ compile + autocast": Speed(compile=True, amp=True),
+        "+ CUDA graph": Speed(graph=True),
     }),
     "data-paths": ("assignment", 1, {
         BASELINE: ASSIGNMENT_WAY,
@@ -102,7 +104,7 @@ def main() -> int:
     device = pick_device(args.device)
     amp_ok = native_bf16(device)
     names = [BASELINE] + [name for name, speed in configs.items() if name != BASELINE and (amp_ok or not speed.amp)
-                          and (not args.configs or name in args.configs)]
+                          and (device.type == "cuda" or not speed.graph) and (not args.configs or name in args.configs)]
     print(f"device: {where(device)}; model {model}, {epochs} epoch(s) per run, {args.repeats} repeat(s)", flush=True)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     for repeat in range(args.repeats):

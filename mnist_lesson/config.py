@@ -205,12 +205,16 @@ class Speed:
     eval_batch_size: int | None = None  # None: GPU_EVAL_BATCH on a GPU, 1,000 elsewhere
     amp: bool = False  # bfloat16 autocast where the device has native bfloat16; elsewhere a warning
     compile: bool = False  # torch.compile the model; seconds to a minute of compiling first
+    graph: bool = False  # replay each training step from a CUDA graph (mnist_lesson.graphed); CUDA only
 
     def __post_init__(self) -> None:
         if self.data not in ("memory", "dataloader"):
             raise UsageError(f"unknown data path {self.data!r}; use memory or dataloader")
         if self.eval_batch_size is not None:
             _check_number("eval_batch_size", self.eval_batch_size, low=1, integer=True)
+        if self.graph and (self.compile or self.amp):
+            raise UsageError("graph=True (--graph) records the eager float32 step; it does not combine with compile "
+                             "or amp: choose one")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the options as plain data (for run records)."""

@@ -147,6 +147,15 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def graph_on(speed: Speed, device: torch.device) -> bool:
+    """Return whether a run replays its steps from a CUDA graph: only when asked and on a CUDA device."""
+    if speed.graph and device.type != "cuda":
+        warnings.warn(f"CUDA graphs need a CUDA device; {describe_device(device)} trains step by step instead",
+                      stacklevel=2)
+        return False
+    return speed.graph
+
+
 def use_amp(device: torch.device, requested: bool) -> bool:
     """Return whether bfloat16 autocast runs: only when requested and on a device with native bfloat16."""
     if not requested:

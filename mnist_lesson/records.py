@@ -220,7 +220,7 @@ class SeedsFile:
         """The model's name plus what sets the file apart: the speed levers its runs used and any difference from
         the model's registered recipe, and a GPU's runs, e.g. "final (amp)", "under5k (recipe with ema=0)" or
         "final (on a GPU)"."""
-        parts = [lever for lever in ("amp", "compile")
+        parts = [lever for lever in ("amp", "compile", "graph")
                  if any(run.meta.get("speed", {}).get(lever) for run in self.runs)]
         if any(run.device.startswith("cuda") for run in self.runs):
             parts.append("on a GPU")

@@ -18,8 +18,9 @@ from torch import nn
 
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import Augment, Limits, Recipe, Speed, UsageError, limits_for, smoke_mode
-from mnist_lesson.device import describe_device, eval_batch_for, runnable, seed_everything
+from mnist_lesson.device import describe_device, eval_batch_for, graph_on, runnable, seed_everything
 from mnist_lesson.files import code_version
+from mnist_lesson.graphed import fit_graphed
 from mnist_lesson.loaders import EvalSets, dataloaders, in_memory_loaders
 from mnist_lesson.models import MODELS, get_model
 from mnist_lesson.recipes import WeightAverage, get_recipe, make_optimizer
@@ -80,6 +81,9 @@ def train_recipe(model: str | Callable[[], nn.Module], recipe: Recipe | None = N
         build = model
     if recipe is None:
         raise UsageError("train_recipe needs a recipe for a model that is not registered by name")
+    if speed.graph and recipe.ema:
+        raise UsageError("graph=True (--graph) does not keep a weight average: the recorded step bypasses the "
+                         f"optimizer hook it follows; train {name} without it")
     smoke = smoke_mode() if smoke is None else smoke
     limits = limits_for(smoke)
     epochs = limits.epochs or recipe.epochs
@@ -101,9 +105,10 @@ def train_recipe(model: str | Callable[[], nn.Module], recipe: Recipe | None = N
     # On a GPU, let cuDNN time its algorithms once per input shape (all training batches but the last share
     # one); it may pick different algorithms from run to run, so GPU runs repeat only up to rounding.
     torch.backends.cudnn.benchmark = autotune or device.type == "cuda"
+    loop = fit_graphed if graph_on(speed, device) else fit
     try:
-        fit(run, train, eval_sets, optimizer, schedule, epochs=epochs, device=device, progress=progress,
-            history=history)
+        loop(run, train, eval_sets, optimizer, schedule, epochs=epochs, device=device, progress=progress,
+             history=history)
     except (KeyboardInterrupt, NonFiniteLoss) as exc:
         done = len(history.epochs)
         why = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc)
