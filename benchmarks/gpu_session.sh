@@ -65,7 +65,7 @@ fi
 if [ "$phase" = graph-seeds ]; then # `final --graph` on every seed of --final, one process each, side by side
     device=cuda
     [ ${#smoke[@]} -eq 0 ] || { final="0 1"; device=cpu; export MNIST_LESSON_SMOKE=1; }
-    export MNIST_LESSON_DATA=$data
+    export MNIST_LESSON_DATA=$data PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" # the package from this checkout
     # Unpacks and verifies the carried files (as gpu_check.sh does), so that nothing reaches for the network.
     python3 "$repo/benchmarks/gpu_report.py" data "$data" --out "$results/data.json" || exit 3
     for seed in $final; do

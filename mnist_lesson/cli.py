@@ -134,7 +134,7 @@ def _train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     smoke = smoke_mode()
     recipe = get_recipe(args.model).with_overrides(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
-    speed = Speed(data=args.data, amp=args.amp, compile=args.compile, graph=args.graph,
+    speed = Speed(data=args.data, amp=args.amp, compile=args.compile, graph=args.graph, autotune=args.autotune,
                   eval_batch_size=args.eval_batch_size)
     device = pick_device(args.device)
     set_cpu_threads(args.threads)
@@ -291,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="torch.compile the model (seconds to a minute of compiling first)")
     train.add_argument("--graph", action="store_true",
                        help="replay each training step from a CUDA graph (CUDA only; recipes without a weight average)")
+    train.add_argument("--no-autotune", dest="autotune", action="store_false",
+                       help="on a GPU, let cuDNN's heuristics pick convolution algorithms instead of timing them")
     train.add_argument("--eval-batch-size", type=positive_int,
                        help="test-set batch size (default: 10,000 on a GPU, 1,000 elsewhere)")
     train.set_defaults(run=_train)

@@ -206,6 +206,7 @@ class Speed:
     amp: bool = False  # bfloat16 autocast where the device has native bfloat16; elsewhere a warning
     compile: bool = False  # torch.compile the model; seconds to a minute of compiling first
     graph: bool = False  # replay each training step from a CUDA graph (mnist_lesson.graphed); CUDA only
+    autotune: bool = True  # on a GPU, let cuDNN time its algorithms per input shape (seconds in the first epoch)
 
     def __post_init__(self) -> None:
         if self.data not in ("memory", "dataloader"):

@@ -104,7 +104,8 @@ def train_recipe(model: str | Callable[[], nn.Module], recipe: Recipe | None = N
     autotune = torch.backends.cudnn.benchmark
     # On a GPU, let cuDNN time its algorithms once per input shape (all training batches but the last share
     # one); it may pick different algorithms from run to run, so GPU runs repeat only up to rounding.
-    torch.backends.cudnn.benchmark = autotune or device.type == "cuda"
+    # `speed.autotune=False` leaves the choice to cuDNN's heuristics instead, without the timing.
+    torch.backends.cudnn.benchmark = autotune or (device.type == "cuda" and speed.autotune)
     loop = fit_graphed if graph_on(speed, device) else fit
     try:
         loop(run, train, eval_sets, optimizer, schedule, epochs=epochs, device=device, progress=progress,
