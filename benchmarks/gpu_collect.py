@@ -1,6 +1,11 @@
 """Fold what a GPU lease brought back into the evidence: every finished seed of a model into seeds_MODEL_cuda.json.
 
     python benchmarks/gpu_collect.py FOLDER [--model final] [--out FILE]
+    python benchmarks/gpu_collect.py --timed RUNS OUTPUT --out FILE
+
+The second form folds timed `train` commands (each run folder's history.json under RUNS, and OUTPUT, the device
+tool's printed output with a line "== train final FLAGS: command SECONDS s" per command, as
+benchmarks/gpu_results/2026-12-04-h200-graph/probe_command.sh prints it) into one evidence file of timed runs.
 
 FOLDER holds what gpu_session.sh (gpu_check.json files such as final_s3.json, unpacked from results.tar.gz) and
 direct seeds.py calls (seeds files, or their logs when the files did not come back) returned, copied as they came;
@@ -53,13 +58,54 @@ def run_from_log(path: Path, seed: int, device: str, code: str) -> dict[str, Any
             "test_loss": [float(e[4]) for e in epochs]}
 
 
+COMMAND = re.compile(r"^== train (\S+) (.*): command ([\d.]+) s$")
+
+
+def timed_runs(runs: Path, output: Path) -> list[dict[str, Any]]:
+    """Return each timed `train` command: its flags, the whole command's seconds, and its run's history figures."""
+    commands = {}
+    for line in output.read_text().splitlines():
+        if match := COMMAND.match(line.strip()):
+            model, flags, seconds = match.groups()
+            words = flags.split()
+            seed = int(words[words.index("--seed") + 1]) if "--seed" in words else 0
+            commands[(model, seed, "--graph" in words, "--no-autotune" not in words)] = (flags, float(seconds))
+    timed = []
+    for path in sorted(runs.glob("*/history.json")):
+        history = read_json(path)
+        meta = history["meta"]
+        key = (meta["model"], meta["seed"], meta["speed"].get("graph", False), meta["speed"].get("autotune", True))
+        if key not in commands:
+            raise SystemExit(f"gpu_collect: no command line in {output} for the run in {path.parent.name} {key}")
+        flags, seconds = commands[key]
+        timed.append({"model": meta["model"], "seed": meta["seed"], "flags": flags, "command_s": seconds,
+                      "run_s": meta["run_seconds"], "device": meta["device"], "torch": meta["torch"],
+                      "code": meta["code"], "date": meta["date"], "speed": meta["speed"],
+                      "epoch_s": [epoch["seconds"] for epoch in history["epochs"]],
+                      "test_acc": [epoch["test_acc"] for epoch in history["epochs"]]})
+    if len(timed) != len(commands):
+        raise SystemExit(f"gpu_collect: {len(commands)} commands in {output}, {len(timed)} run folders in {runs}")
+    return timed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path)
+    parser.add_argument("folder", type=Path, nargs="?")
+    parser.add_argument("--timed", type=Path, nargs=2, metavar=("RUNS", "OUTPUT"))
     parser.add_argument("--model", default="final")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     refuse_smoke_mode("it records runs, and smoke runs are never recorded")
+    if args.timed:
+        if args.out is None:
+            parser.error("--timed needs --out FILE")
+        timed = timed_runs(*args.timed)
+        write_json(args.out, {"runs": timed})
+        for run in timed:
+            print(f"train {run['model']} {run['flags']}: command {run['command_s']:.1f} s, run {run['run_s']:.1f} s")
+        return 0
+    if args.folder is None:
+        parser.error("name a FOLDER, or --timed RUNS OUTPUT")
     out = args.out or seeds_path(f"{args.model}_cuda")
     found: dict[int, dict[str, Any]] = {}
     header: dict[str, Any] | None = None
