@@ -49,6 +49,7 @@ from mnist_lesson.explore import summary_lines
 from mnist_lesson.grading import exercise, exercises, grader
 from mnist_lesson.grading.exercise import student_key
 from mnist_lesson.grading.exercises import EXERCISES
+from mnist_lesson.graphed import fit_graphed
 from mnist_lesson.loaders import DeviceBatches, InMemoryLoader, dataloaders, load_split
 from mnist_lesson.models import get_model
 from mnist_lesson.plots import plot_params
@@ -275,6 +276,8 @@ COVERED = {
     "mnist_lesson.inside.plot_feature_maps": INSIDE,
     "mnist_lesson.inside.ActivationStats.attach": LOOP,
     "mnist_lesson.train.fit": LOOP,
+    "mnist_lesson.graphed.fit_graphed": "test_the_graphed_loop_runs_its_step_where_the_model_is",
+    "mnist_lesson.graphed.GraphedStep.__init__": "test_the_graphed_loop_runs_its_step_where_the_model_is",
     "mnist_lesson.train.evaluate": LOOP,
     "mnist_lesson.train.predict": LOOP,
     "mnist_lesson.recipes.make_optimizer": LOOP,
@@ -381,6 +384,21 @@ def test_the_loop_and_its_pieces_run_on_the_models_device(elsewhere: Elsewhere, 
     assert torch.equal(fresh.eval()(x), model.eval()(x))
     moved, amp = runnable(get_model("final"), Speed(), ELSEWHERE)
     assert model_device(moved) == ELSEWHERE and amp is False
+
+
+def test_the_graphed_loop_runs_its_step_where_the_model_is(elsewhere: Elsewhere) -> None:
+    here, model = pair(lambda: get_model("final"), elsewhere)
+    images, labels = load_split(False)
+    batches = InMemoryLoader(images[:80], labels[:80], batch_size=32)  # 32, 32 and 16, on the CPU
+    histories = []
+    for net in (model, here):
+        optimizer, schedule = make_optimizer(net, Recipe(lr=0.05, nesterov=True), len(batches), epochs=1)
+        torch.manual_seed(1)
+        histories.append(fit_graphed(net, batches, {"test": batches}, optimizer, schedule, epochs=1,
+                                     device=model_device(net), progress=False))
+    assert model_device(model) == ELSEWHERE
+    assert [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in histories[0].epochs] == \
+        [{k: v for k, v in epoch.items() if k != "seconds"} for epoch in histories[1].epochs]
 
 
 def test_the_weight_average_follows_the_model_where_it_is(elsewhere: Elsewhere) -> None:
