@@ -8,13 +8,16 @@ returns a matplotlib Figure, closed as in `plots`:
   Deep Convolutional Neural Networks", NeurIPS 2016) (notebooks 02, 03, 08);
 - feature maps of one digit after each block (`plot_feature_maps`) and activation statistics over
   training, recorded by `ActivationStats` (`plot_activation_stats`) (notebooks 02 and 04);
+- how a network starts: how much its scores depend on the digit and how large each layer's gradient is against
+  its weights, on one batch at initialization (`start_figures`), and which digits it predicts
+  (`prediction_shares`) (notebook 03);
 - the confusion matrix and per-class accuracy (`confusion_matrix`, `most_confused`, `plot_confusion`)
   (notebook 07).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -25,6 +28,48 @@ from torch import nn
 
 from mnist_lesson.device import model_device
 from mnist_lesson.receptive_field import layer_table
+
+# --- how a network starts ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StartFigures:
+    """One batch through a freshly built network in train mode: its scores and each weight's gradient."""
+
+    loss: float
+    score_spread: float  # standard deviation of a class's score across the batch's images, averaged over classes
+    same_class: float  # share of the batch's images given the most frequent predicted class, in percent
+    gradient_ratios: dict[str, float]  # per weight of more than one dimension: |gradient| / |weight|
+
+
+def start_figures(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> StartFigures:
+    """Return what one batch measures in `model` as built: loss, how much scores vary by image, gradient sizes."""
+    device = model_device(model)
+    model.train()
+    model.zero_grad()
+    output = model(x.to(device))
+    loss = nn.functional.nll_loss(output, y.to(device))
+    loss.backward()
+    ratios = {name: (p.grad.norm() / p.norm()).item() for name, p in model.named_parameters()
+              if p.grad is not None and p.dim() > 1}
+    model.zero_grad()
+    counts = torch.bincount(output.argmax(dim=1), minlength=output.shape[1])
+    return StartFigures(loss.item(), output.detach().std(dim=0).mean().item(),
+                        100.0 * counts.max().item() / len(y), ratios)
+
+
+def prediction_shares(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (share of images predicted as each class, share of images of each class), in percent, in eval mode."""
+    device = model_device(model)
+    model.eval()
+    predicted = torch.zeros(10, dtype=torch.long)
+    true = torch.zeros(10, dtype=torch.long)
+    with torch.no_grad():
+        for x, y in batches:
+            predicted += torch.bincount(model(x.to(device)).argmax(dim=1).cpu(), minlength=10)
+            true += torch.bincount(y.cpu(), minlength=10)
+    return 100.0 * predicted / predicted.sum(), 100.0 * true / true.sum()
+
 
 # --- the receptive field on a digit ---------------------------------------------------------------------
 

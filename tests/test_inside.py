@@ -22,7 +22,9 @@ from mnist_lesson.inside import (
     plot_confusion,
     plot_feature_maps,
     plot_rf_on_digit,
+    prediction_shares,
     rf_boxes,
+    start_figures,
 )
 from mnist_lesson.receptive_field import layer_table
 from mnist_lesson.train import History
@@ -159,3 +161,21 @@ def test_the_assignment_knobs_rebuild_the_assignments_layers() -> None:
                 for row in layer_table(model).rows]
 
     assert layers(KnobNet(ASSIGNMENT_KNOBS)) == layers(get_model("assignment"))
+
+
+def test_how_a_network_starts_reads_a_constant_network_right() -> None:
+    class OnlyOnes(torch.nn.Module):  # scores that ignore the image: class 1 always wins
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(10, 4))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            scores = torch.zeros(len(x), 4) @ self.weight.t() + torch.arange(10.0).eq(1).float()
+            return torch.log_softmax(scores, dim=1)
+
+    x, y = torch.zeros(8, 1, 28, 28), torch.tensor([1, 1, 2, 3, 1, 1, 1, 1])
+    figures = start_figures(OnlyOnes(), x, y)
+    assert figures.same_class == 100.0 and figures.score_spread == 0.0
+    assert figures.gradient_ratios == {"weight": 0.0}  # the scores do not depend on the weight here
+    predicted, true = prediction_shares(OnlyOnes(), [(x, y)])
+    assert predicted[1].item() == 100.0 and true[1].item() == 75.0 and true[2].item() == 12.5

@@ -275,6 +275,8 @@ COVERED = {
     "mnist_lesson.inside.block_outputs": INSIDE,
     "mnist_lesson.inside.plot_feature_maps": INSIDE,
     "mnist_lesson.inside.ActivationStats.attach": LOOP,
+    "mnist_lesson.inside.start_figures": "test_how_a_network_starts_is_measured_where_it_is",
+    "mnist_lesson.inside.prediction_shares": "test_how_a_network_starts_is_measured_where_it_is",
     "mnist_lesson.train.fit": LOOP,
     "mnist_lesson.graphed.fit_graphed": "test_the_graphed_loop_runs_its_step_where_the_model_is",
     "mnist_lesson.graphed.GraphedStep.__init__": "test_the_graphed_loop_runs_its_step_where_the_model_is",
@@ -384,6 +386,19 @@ def test_the_loop_and_its_pieces_run_on_the_models_device(elsewhere: Elsewhere, 
     assert torch.equal(fresh.eval()(x), model.eval()(x))
     moved, amp = runnable(get_model("final"), Speed(), ELSEWHERE)
     assert model_device(moved) == ELSEWHERE and amp is False
+
+
+def test_how_a_network_starts_is_measured_where_it_is(elsewhere: Elsewhere) -> None:
+    here, model = pair(lambda: get_model("transitions"), elsewhere)
+    images, labels = load_split(False)
+    batches = InMemoryLoader(images[:64], labels[:64], batch_size=32)
+    x, y = next(iter(batches))
+    figures = [inside.start_figures(net, x, y) for net in (model, here)]
+    assert figures[0] == figures[1] and figures[0].gradient_ratios
+    shares = [inside.prediction_shares(net, batches) for net in (model, here)]
+    assert all(torch.equal(a, b) for a, b in zip(*shares, strict=True))
+    assert model_device(model) == ELSEWHERE
+    assert shares[0][0].sum().item() == pytest.approx(100.0) and shares[0][1].sum().item() == pytest.approx(100.0)
 
 
 def test_the_graphed_loop_runs_its_step_where_the_model_is(elsewhere: Elsewhere) -> None:
