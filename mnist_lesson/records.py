@@ -131,6 +131,26 @@ def recorded_label(meta: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def runs_label(runs: Sequence[Mapping[str, Any]]) -> str:
+    """Return where a seeds file's runs were recorded, grouped: "seeds 0-4 on DEVICE (no code version recorded);
+    seeds 5-9 on DEVICE", so that no run is labelled with another's device (each run's code is in the file)."""
+    groups: list[tuple[str, list[int]]] = []
+    for run in sorted(runs, key=lambda run: run["seed"]):
+        label = f"on {run.get('device', 'an unrecorded device')}" + (
+            "" if run.get("code") else " (no code version recorded)")
+        if groups and groups[-1][0] == label:
+            groups[-1][1].append(run["seed"])
+        else:
+            groups.append((label, [run["seed"]]))
+
+    def seeds(numbers: list[int]) -> str:
+        consecutive = numbers == list(range(numbers[0], numbers[-1] + 1))
+        return (f"seeds {numbers[0]}-{numbers[-1]}" if len(numbers) > 1 and consecutive
+                else f"seed{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))}")
+
+    return "; ".join(f"{seeds(numbers)} {label}" for label, numbers in groups)
+
+
 def steady_seconds(epoch_seconds: Sequence[float]) -> float:
     """Return the median epoch time after the first epoch, which pays for compiling and warm-up."""
     return statistics.median(epoch_seconds[1:] or epoch_seconds)

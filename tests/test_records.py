@@ -379,3 +379,13 @@ def test_the_unseen_seeds_verdict_counts_only_the_seeds_that_ran() -> None:
     assert "1 of the 2 that ran hold" in text and "10: 99.31, 11: 99.42" in text and "8 of the 10 have not run" in text
     none = SeedsSummary("under8k", 6920, 15, {0: (99.5, 99.5, 99.5)}, "cpu")
     assert "`under8k` has not run any of them yet." in unseen_seeds_verdict([none], range(10, 20))
+
+
+def test_runs_label_names_each_group_of_seeds_with_its_own_device() -> None:
+    runs = [{"seed": 0, "device": "cpu (1 threads)"}, {"seed": 1, "device": "cpu (1 threads)"},
+            {"seed": 2, "device": "cpu (EPYC)", "code": "git a"}, {"seed": 3, "device": "cpu (EPYC)", "code": "git b"},
+            {"seed": 5, "device": "cpu (Xeon)", "code": "git c"}]
+    assert records.runs_label(runs) == ("seeds 0-1 on cpu (1 threads) (no code version recorded); seeds 2-3 on "
+                                        "cpu (EPYC); seed 5 on cpu (Xeon)")
+    assert records.runs_label([runs[0], {**runs[1], "seed": 3}]) == \
+        "seeds 0, 3 on cpu (1 threads) (no code version recorded)"
