@@ -17,6 +17,7 @@ from pathlib import Path
 import nbformat
 from common import REPO, locked, refuse_smoke_mode
 from nbclient import NotebookClient
+from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
 from mnist_lesson.course import notebook_paths
 from mnist_lesson.device import describe_device, pick_device, set_cpu_threads
@@ -33,6 +34,8 @@ def run_notebook(path: Path, timeout: int = 3600) -> float:
     start = time.perf_counter()
     client.execute()
     seconds = time.perf_counter() - start
+    # A progress bar redraws its line with carriage returns: keep only what a reader would see last on each line.
+    CoalesceStreamsPreprocessor().preprocess(nb, {})
     nbformat.write(nb, path)
     return seconds
 

@@ -192,9 +192,13 @@ class FetchReport:
         """Folder that holds the four raw files."""
         return raw_folder(self.root)
 
-    def describe(self) -> str:
-        """Return a few lines saying where the files are and which source served them."""
-        lines = [f"MNIST files verified in {self.raw}"]
+    def describe(self, home: bool = True) -> str:
+        """Return a few lines saying where the files are and which source served them; `home=False` writes the
+        home folder as ~ (for outputs stored in a notebook, which should not carry the recording machine's paths)."""
+        raw = str(self.raw)
+        if not home and Path.home() != Path("/") and self.raw.is_relative_to(Path.home()):
+            raw = str(Path("~") / self.raw.relative_to(Path.home()))
+        lines = [f"MNIST files verified in {raw}"]
         lines += [f"  {name}: {source}" for name, source in self.served_by.items()]
         lines += [f"  replaced (failed its MD5): {name}" for name in self.replaced]
         return "\n".join(lines)

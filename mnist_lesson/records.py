@@ -55,6 +55,15 @@ def evidence(*parts: str) -> Path:
     return Path(str(resources.files("mnist_lesson").joinpath("evidence", *parts)))
 
 
+def shown_path(path: Path | None, missing: str = "nothing (smoke mode, or no checkout of the repository)") -> str:
+    """Return `path` as notebooks print it: from the package's folder on (mnist_lesson/evidence/...), never the
+    recording machine's absolute path; `missing` when there is no path."""
+    if path is None:
+        return missing
+    base = evidence().parent.parent
+    return str(path.relative_to(base)) if path.is_relative_to(base) else path.name
+
+
 def seeds_path(name: str) -> Path:
     """Return the path of a multi-seed file, e.g. seeds_path("final") or seeds_path("final_amp")."""
     return evidence(f"seeds_{name}.json")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from mnist_lesson.files import atomic_write
 
@@ -107,7 +108,8 @@ def with_progress(batches: Iterable[Batch], desc: str, score: RunningScore, enab
         yield from batches
         return
     total = len(batches) if hasattr(batches, "__len__") else None
-    with tqdm(total=total, desc=desc, unit="batch", mininterval=1.0) as bar:
+    # A text bar on stdout, also in notebooks: a widget's stored form would read 0% in every viewer but a live one.
+    with tqdm(total=total, desc=desc, unit="batch", mininterval=1.0, file=sys.stdout) as bar:
         for step, batch in enumerate(batches, start=1):
             yield batch
             bar.update(1)
