@@ -68,14 +68,12 @@ ABLATION: tuple[Design, ...] = (
     Design("assignment-final-recipe", "control: the assignment's model with the final recipe", AssignmentNet,
            FINAL_RECIPE),
     Design("gap-final-recipe", "control: notebook 06's model with the final recipe", MODELS["gap"], FINAL_RECIPE),
-    # Issue 24: which of the last change's parts carries the gain, under the final recipe, and what the 1x1
-    # transitions and dropout are worth there.
+    # Issue 24: which part of the last changes carries the gain under the final recipe, and what dropout is worth
+    # there.
     Design("gap-dropout05-final-recipe", "control: notebook 06's model with dropout 0.05 and the final recipe",
            partial(StepNet, **_BASE, dropout=0.05), FINAL_RECIPE),
     Design("final-no-dropout", "control: the final model without dropout", partial(
         StepNet, **_BASE, dropout=0.0, width=24, head_width=32), FINAL_RECIPE),
-    Design("final-no-transitions", "control: the final model without its 1x1 transitions", partial(
-        StepNet, squeeze=False, batch_norm=True, gap=True, dropout=0.05, width=24, head_width=32), FINAL_RECIPE),
 )
 
 # Notebook 08: levers for the ladder's rungs that fell short on their test seeds with the ladder recipe, one
