@@ -153,6 +153,13 @@ class DesignSummary:
         return len(self.figures)
 
 
+def noise_verdict(before: DesignSummary, after: DesignSummary) -> str:
+    """Return "larger than the seed-to-seed noise" when every seed of one design beats every seed of the other (the
+    ranges do not overlap), else "within the seed-to-seed noise"."""
+    clear = after.low > before.high or after.high < before.low
+    return "larger than the seed-to-seed noise" if clear else "within the seed-to-seed noise"
+
+
 def compare(before: DesignSummary, after: DesignSummary) -> str:
     """Return how `after` differs from `before` on validation, and whether that is larger than the seed noise.
 
@@ -160,9 +167,9 @@ def compare(before: DesignSummary, after: DesignSummary) -> str:
     seed of the other (the ranges do not overlap); otherwise it is within the noise.
     """
     delta = after.mean - before.mean
-    clear = after.low > before.high or after.high < before.low
-    verdict = ("larger than the seed-to-seed noise" if clear
-               else "within the seed-to-seed noise (no measurable difference)")
+    verdict = noise_verdict(before, after)
+    if verdict.startswith("within"):
+        verdict += " (no measurable difference)"
     return (f"{delta:+.2f} points ({before.mean:.2f} -> {after.mean:.2f}, mean of {after.seeds} seeds; ranges "
             f"{before.low:.2f}-{before.high:.2f} and {after.low:.2f}-{after.high:.2f}): {verdict}")
 
