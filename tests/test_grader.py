@@ -602,12 +602,16 @@ def test_rerun_skips_graded_students_redo_grades_again_and_old_gradebooks_are_re
     (tmp_path / "a.ipynb").write_text("")
     (tmp_path / "b.ipynb").write_text("[]")
     out = tmp_path / "grades.csv"
-    out.write_text("student,exercise,points,max_points,message\nold,ea,2,2,kept\nold,eb,1,1,kept\nold,TOTAL,3,3,kept\n")
-    assert set(grader.grade_folder(tmp_path, out, checks=fake_checks, check_data=False, log=lambda m: None).totals) == \
-        {"a", "b"}
+    old = "student,exercise,points,max_points,message\nold,ea,2,2,kept\nold,eb,1,1,kept\nold,TOTAL,3,3,kept\n"
+    out.write_text(old)
+    messages: list[str] = []
+    assert set(grader.grade_folder(tmp_path, out, checks=fake_checks, check_data=False, log=messages.append).totals) \
+        == {"a", "b"}
     before = out.read_text()
     assert before.startswith(",".join(gradebook.COLUMNS) + "\n")  # rewritten with the hints column, sorted by student
-    assert "\nold,ea,2,2,,kept\nold,eb,1,1,,kept\nold,TOTAL,3,3,,kept\n" in before  # an old gradebook keeps its rows
+    # An old gradebook is read, but its rows carry no signature of this grader: never trusted, kept aside, reported.
+    assert "\nold," not in before and (tmp_path / "grades.csv.untrusted").read_text() == old
+    assert any("were not written by this grader" in m and "old" in m for m in messages)
     again = grader.grade_folder(tmp_path, out, checks=fake_checks, check_data=False, log=lambda m: None)
     assert again.totals == {} and again.skipped == 2 and out.read_text() == before
     redo = grader.grade_folder(tmp_path, out, redo=True, checks=fake_checks, check_data=False, log=lambda m: None)
