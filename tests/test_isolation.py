@@ -97,11 +97,13 @@ def points(confined: dict, student: str) -> int:
     return int(confined["rows"][(student, "ea")]["points"])
 
 
+@pytest.mark.slow
 @needs_namespaces
 def test_the_grader_says_the_kernels_are_isolated(confined: dict) -> None:
     assert any("its own namespaces" in m for m in confined["log"])
 
 
+@pytest.mark.slow
 @needs_namespaces
 def test_killing_the_parent_or_all_it_sees_leaves_the_grader_and_the_other_kernel_grading(confined: dict) -> None:
     assert set(confined["summary"].totals) == confined["students"] and not confined["summary"].failed
@@ -109,33 +111,40 @@ def test_killing_the_parent_or_all_it_sees_leaves_the_grader_and_the_other_kerne
     assert int(confined["rows"][("victim", TOTAL)]["points"]) == 3
 
 
+@pytest.mark.slow
 @needs_namespaces
 def test_the_gradebook_cannot_be_seen_or_forged(confined: dict) -> None:
     assert points(confined, "gradebook") == 2
     assert confined["rows"][("victim", TOTAL)]["message"] != "forged" and confined["summary"].changed == 0
 
 
+@pytest.mark.slow
 @needs_namespaces
 def test_a_pyc_cannot_be_planted_in_the_package(confined: dict) -> None:
     assert points(confined, "pyc") == 2 and confined["package_unchanged"]
 
 
+@pytest.mark.slow
 @needs_namespaces
 def test_the_solutions_cannot_be_read(confined: dict) -> None:
     assert points(confined, "solutions") == 2
 
 
+@pytest.mark.slow
 @needs_namespaces
 def test_other_submissions_cannot_be_read_or_written(confined: dict) -> None:
     assert points(confined, "neighbour") == 2 and confined["submissions_unchanged"]
 
 
+@pytest.mark.slow
 @needs_namespaces
 def test_too_much_memory_is_the_students_memory_error_and_grading_goes_on(confined: dict) -> None:
     assert "MemoryError" in confined["rows"][("memory", TOTAL)]["message"]
     assert int(confined["rows"][("memory", TOTAL)]["points"]) == 3
 
 
+@pytest.mark.slow
+@pytest.mark.slow
 def test_namespaces_refused_is_a_usage_error_and_auto_warns(tmp_path: Path, fake_checks: Checks,  # noqa: F811
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(isolation, "namespaces_work", lambda: (False, "no user namespaces (test)"))
