@@ -211,7 +211,8 @@ def _grade(args: argparse.Namespace) -> int:
     try:
         summary = grade_folder(args.submissions, args.out, GradingLimits(timeout=args.timeout), jobs=args.jobs,
                                redo=args.redo, wide=args.wide, feedback=args.feedback, bom=args.bom,
-                               lms_export=args.lms, roster=args.roster, assignment=args.assignment)
+                               lms_export=args.lms, roster=args.roster, assignment=args.assignment,
+                               isolation=args.isolation, memory=round(args.memory * 2**30))
     except EnvironmentChanged as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -328,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--timeout", type=positive_float, default=120,
                        help="wall seconds each notebook may run, all its cells together (default 120)")
     grade.add_argument("--jobs", type=positive_int, default=1, help="notebooks graded at once (default 1)")
+    grade.add_argument("--isolation", choices=["auto", "namespaces", "none"], default="auto",
+                       help="where student kernels run: their own Linux namespaces, hiding the gradebook, submissions "
+                            "and solutions (auto: where the system allows, else a loud warning and none), or only "
+                            "under resource limits (none); see docs/grading.md")
+    grade.add_argument("--memory", type=float, default=2.0,
+                       help="memory limit of each kernel in GiB (RLIMIT_DATA; 0: none; default 2)")
     grade.add_argument("--redo", action="store_true", help="grade again students already in the gradebook")
     grade.add_argument("--bom", action="store_true", help="start the CSVs with a UTF-8 byte-order mark, so that "
                        "Excel on Windows shows names such as José right")

@@ -246,8 +246,10 @@ def graded(tmp_path_factory: pytest.TempPathFactory, fake_checks: Checks) -> dic
     students = submissions(folder, secret)
     messages: list[str] = []
     out = root / "grades.csv"
+    # Mode none: the probes write into this folder, which namespaces hide (those are tested in test_isolation.py); the
+    # protections tested here hold in every mode.
     summary = grader.grade_folder(folder, out, GENEROUS, jobs=2, checks=fake_checks, check_data=False,
-                                  log=messages.append)
+                                  isolation="none", log=messages.append)
     listener.close()
     rows = read_csv(out)
     return {"summary": summary, "students": students, "rows": rows, "out": out, "root": root, "log": messages,
@@ -516,8 +518,9 @@ def test_ctrl_c_stops_cleanly_records_nothing_in_progress_and_resumes(tmp_path: 
                                                          f"subprocess.run(['sleep', '1000.{TOKEN}5'])"]))
     messages: list[str] = []
     with sigint_raises_keyboard_interrupt(), pytest.raises(KeyboardInterrupt):
-        interrupt_when(sentinel)
-        grader.grade_folder(folder, out, GENEROUS, checks=fake_checks, check_data=False, log=messages.append)
+        interrupt_when(sentinel)  # mode none: the kernel's sentinel must reach this folder
+        grader.grade_folder(folder, out, GENEROUS, checks=fake_checks, check_data=False, isolation="none",
+                            log=messages.append)
     assert [r["student"] for r in read_csv(out) if r["exercise"] == TOTAL] == ["a"]
     assert "nothing was recorded for b" in messages[-1] and "Run the same command again" in messages[-1]
     assert leftovers() == []
@@ -537,7 +540,8 @@ def test_ctrl_c_on_the_command_line_exits_130_and_says_how_to_resume(tmp_path: P
     script = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
               "from mnist_lesson import cli; from mnist_lesson.grading import contract; "
               "contract.CHECKS_MODULE = 'fakechecks'; "
-              f"sys.exit(cli.main(['grade', {str(folder)!r}, '--out', {str(tmp_path / 'g.csv')!r}]))")
+              f"sys.exit(cli.main(['grade', {str(folder)!r}, '--out', {str(tmp_path / 'g.csv')!r}, '--isolation', "
+              "'none']))")  # mode none: the kernel's sentinel must reach this folder
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for _ in range(6000):
         if sentinel.exists() or proc.poll() is not None:
@@ -563,8 +567,9 @@ def test_a_gradebook_changed_behind_the_graders_back_is_rewritten_from_its_recor
               "    f.write('zed,TOTAL,999,3,,forged\\n')")
     (folder / "b.ipynb").write_text(notebook("b", after=[attack]))
     (folder / "c.ipynb").write_text(notebook("c", after=[f"import os\nos.remove({str(out)!r})"]))
-    messages: list[str] = []
-    summary = grader.grade_folder(folder, out, GENEROUS, checks=fake_checks, check_data=False, log=messages.append)
+    messages: list[str] = []  # mode none: in namespaces the gradebook is out of the kernels' sight (test_isolation.py)
+    summary = grader.grade_folder(folder, out, GENEROUS, checks=fake_checks, check_data=False, isolation="none",
+                                  log=messages.append)
     assert summary.changed == 2
     assert sum("changed by something other than this grader" in m for m in messages) == 2
     rows = read_csv(out)
@@ -602,12 +607,16 @@ def test_rerun_skips_graded_students_redo_grades_again_and_old_gradebooks_are_re
     (tmp_path / "a.ipynb").write_text("")
     (tmp_path / "b.ipynb").write_text("[]")
     out = tmp_path / "grades.csv"
-    out.write_text("student,exercise,points,max_points,message\nold,ea,2,2,kept\nold,eb,1,1,kept\nold,TOTAL,3,3,kept\n")
-    assert set(grader.grade_folder(tmp_path, out, checks=fake_checks, check_data=False, log=lambda m: None).totals) == \
-        {"a", "b"}
+    old = "student,exercise,points,max_points,message\nold,ea,2,2,kept\nold,eb,1,1,kept\nold,TOTAL,3,3,kept\n"
+    out.write_text(old)
+    messages: list[str] = []
+    assert set(grader.grade_folder(tmp_path, out, checks=fake_checks, check_data=False, log=messages.append).totals) \
+        == {"a", "b"}
     before = out.read_text()
     assert before.startswith(",".join(gradebook.COLUMNS) + "\n")  # rewritten with the hints column, sorted by student
-    assert "\nold,ea,2,2,,kept\nold,eb,1,1,,kept\nold,TOTAL,3,3,,kept\n" in before  # an old gradebook keeps its rows
+    # An old gradebook is read, but its rows carry no signature of this grader: never trusted, kept aside, reported.
+    assert "\nold," not in before and (tmp_path / "grades.csv.untrusted").read_text() == old
+    assert any("were not written by this grader" in m and "old" in m for m in messages)
     again = grader.grade_folder(tmp_path, out, checks=fake_checks, check_data=False, log=lambda m: None)
     assert again.totals == {} and again.skipped == 2 and out.read_text() == before
     redo = grader.grade_folder(tmp_path, out, redo=True, checks=fake_checks, check_data=False, log=lambda m: None)
@@ -649,8 +658,10 @@ def test_a_submission_that_changes_code_every_kernel_runs_stops_the_run(tmp_path
     (folder / "b.ipynb").write_text(notebook("b", after=[f"open({str(module)!r}, 'a').write('forged = True\\n')"]))
     (folder / "c.ipynb").write_text(notebook("c"))
     messages: list[str] = []
-    with pytest.raises(grader.EnvironmentChanged, match="module.py changed while b was graded"):
-        grader.grade_folder(folder, out, GENEROUS, checks=fake_checks, check_data=False, log=messages.append)
+    with pytest.raises(grader.EnvironmentChanged, match="module.py changed while b was graded"):  # mode none: the
+        # file system is read-only to kernels in namespaces (test_isolation.py), this check is the fallback's
+        grader.grade_folder(folder, out, GENEROUS, checks=fake_checks, check_data=False, isolation="none",
+                            log=messages.append)
     assert gradebook.graded_students(out, fake_checks) == {"a"} and "nothing was recorded for b" in messages[-1]
 
 

@@ -6,6 +6,7 @@
 - student_notebook.py: the student version of instructor/exercises.ipynb (`python -m mnist_lesson student`)
 - grader.py: grading a folder of submissions (`python -m mnist_lesson grade`)
 - sandbox.py: the limited kernel each submission runs in
+- isolation.py: the Linux namespaces that kernel is confined in (`--isolation`)
 - gradebook.py: the grader's record and the CSV and feedback files it writes
 - contract.py: what the grader and the gradebook share (Checks, Row, TOTAL)
 

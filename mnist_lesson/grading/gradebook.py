@@ -2,7 +2,10 @@
 writes from that record by atomic replacement after each student, under a lock (one writer).
 
 A submission that truncates or deletes the gradebook loses nothing: a file changed behind the grader's back is reported
-and rewritten from the record. What is and is not protected: docs/grading.md.
+and rewritten from the record. Each student's rows are signed (HMAC-SHA256, a key kept next to the gradebook, which
+isolated kernels cannot see): rows found in the gradebook that this grader did not write, or that were changed, are
+never taken as graded; they are reported, dropped from the record (the file as found is kept as GRADEBOOK.untrusted),
+and their students graded again. What is and is not protected: docs/grading.md.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import csv
 import errno
 import fcntl
 import hashlib
+import hmac
 import io
+import json
 import os
 import secrets
 import stat
@@ -146,6 +151,10 @@ class Gradebook:
         self.changed = 0  # times a file was found changed behind the grader's back
         self._written: dict[Path, str | None] = {}
         self._lock_fd: int | None = None
+        self.key_file = self.path.with_name(f"{self.path.name}.key")  # the signing key, readable by the grader only
+        self.signatures = self.path.with_name(f"{self.path.name}.sig")  # {student: HMAC of their rows}
+        self._key: bytes | None = None
+        self._untrusted = ""  # the gradebook as found, when some of its rows did not verify
 
     def __enter__(self) -> Gradebook:
         lock = self.path.with_name(f"{self.path.name}.lock")
@@ -166,7 +175,10 @@ class Gradebook:
                              "choose another --out") from None
         self._lock_fd = fd
         try:
+            self._key = self._read_key(create=True)
             self._load()
+            if self._untrusted:
+                _replace(self.path.with_name(f"{self.path.name}.untrusted"), self._untrusted)
         except BaseException:
             self.__exit__()
             raise
@@ -176,6 +188,53 @@ class Gradebook:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing releases the lock
             self._lock_fd = None
+
+    def _read_key(self, create: bool = False) -> bytes | None:
+        """Return the signing key (made, 32 random bytes, mode 0600, when `create` and there is none), or None."""
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.key_file, flags)
+        except FileNotFoundError:
+            if not create:
+                return None
+            fd = os.open(self.key_file, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            os.write(fd, secrets.token_hex(32).encode())
+            os.fsync(fd)
+            os.lseek(fd, 0, os.SEEK_SET)
+        except OSError as exc:
+            raise UsageError(f"cannot read the gradebook's key {self.key_file} ({exc.strerror or exc}: a link?); "
+                             "remove it (its students are then graded again) or choose another --out") from None
+        with os.fdopen(fd, "rb") as f:
+            key = f.read(1024).strip()
+        if len(key) < 32:
+            raise UsageError(f"the gradebook's key {self.key_file} is too short to be this grader's; remove it (its "
+                             "students are then graded again) or choose another --out")
+        return key
+
+    def sign(self, rows: list[Row]) -> str:
+        """Return the HMAC-SHA256 of one student's rows (their CSV cells), under this gradebook's key."""
+        data = json.dumps([row.cells() for row in rows], ensure_ascii=False).encode()
+        return hmac.new(self._key or b"", data, hashlib.sha256).hexdigest()
+
+    def _verify(self, text: str) -> None:
+        """Drop from the record every student whose rows do not carry this grader's signature, and say so."""
+        try:
+            signed = json.loads(self.signatures.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            signed = {}
+        signed = signed if isinstance(signed, dict) else {}
+        untrusted = sorted(student for student, rows in self.students.items()
+                           if self._key is None or not isinstance(signed.get(student), str)
+                           or not hmac.compare_digest(signed[student], self.sign(rows)))
+        if not untrusted:
+            return
+        for student in untrusted:
+            del self.students[student]
+        self._untrusted = text
+        self.log(f"rows for {len(untrusted)} student(s) in {self.path} were not written by this grader (forged, "
+                 f"edited, or from a grader without signatures): {', '.join(untrusted[:10])}"
+                 f"{' ...' if len(untrusted) > 10 else ''}; they are not trusted and are graded again (the file as "
+                 f"found is kept in {self.path.name}.untrusted)")
 
     def _load(self) -> None:
         for target in (self.path, self.wide):
@@ -221,6 +280,7 @@ class Gradebook:
             self.students.setdefault(row.student, []).append(row)
         if unreadable:
             self.log(f"{unreadable} unreadable row(s) in {self.path} were dropped; their students are graded again")
+        self._verify(text)
 
     def complete(self, student: str) -> bool:
         """Return whether `student` has a full, consistent set of rows for the current exercises."""
@@ -295,6 +355,8 @@ class Gradebook:
                          "the grader's own record")
             _replace(target, text)
             self._written[target] = hashlib.sha256(text.encode()).hexdigest()
+        _replace(self.signatures, json.dumps({student: self.sign(rows) for student, rows in self.students.items()},
+                                             ensure_ascii=False, indent=0))
         if self.feedback.is_symlink() or (self.feedback.exists() and not self.feedback.is_dir()):
             self.changed += 1
             self.log(f"{self.feedback} was replaced by a link or a file (a submission?); removed, and a real folder "
@@ -315,5 +377,6 @@ class Gradebook:
 def graded_students(gradebook: Path, checks: Checks | None = None) -> set[str]:
     """Return the students with a complete set of rows in the gradebook at `gradebook` (read without the lock)."""
     book = Gradebook(gradebook, checks or Checks.load(), log=lambda message: None)
+    book._key = book._read_key()
     book._load()
     return book.graded()

@@ -14,6 +14,7 @@ protected: docs/grading.md.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -23,6 +24,8 @@ import re
 import secrets
 import site
 import stat
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -33,12 +36,13 @@ import nbformat
 
 import mnist_lesson
 from mnist_lesson.config import SMOKE_ENV, UsageError
-from mnist_lesson.data import ensure_mnist
+from mnist_lesson.data import data_root, ensure_mnist
 from mnist_lesson.device import default_threads
 from mnist_lesson.files import atomic_write
 from mnist_lesson.grading import lms, sandbox
 from mnist_lesson.grading.contract import TOTAL, UNANSWERED, Checks, Row, file_digest
 from mnist_lesson.grading.gradebook import Gradebook, OutputFailed, check_output
+from mnist_lesson.grading.isolation import MAX_MEMORY_BYTES, MODES, NO_ISOLATION, Isolation, package_source, resolve
 from mnist_lesson.grading.sandbox import Reply, Sandbox, Step, StepResult, Stopped
 
 SUFFIX = ".ipynb"  # matched whatever its case (W.IPYNB is a submission too)
@@ -350,6 +354,14 @@ def _student_env(jobs: int) -> dict[str, str]:
     return {**env, SMOKE_ENV: "1"}
 
 
+def _needed_folders() -> list[Path]:
+    """Return the folders a kernel needs even inside a hidden one: the data, Python, and PYTHONPATH's entries."""
+    source = package_source()
+    extra = [Path(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return [data_root(), Path(sys.prefix), Path(sys.base_prefix)] + [
+        p for p in extra if not any(p.resolve() == s or p.resolve().is_relative_to(s) for s in source)]
+
+
 def _errors(replies: list[Reply], interrupted: bool) -> list[tuple[int, Reply]]:
     """Return (1-based cell number, reply) of the cells that raised, not counting the one the limit interrupted."""
     found = [(i, r) for i, r in enumerate(replies, start=1) if r.status == "error"]
@@ -372,10 +384,11 @@ def _how_it_stopped(result: StepResult, seconds: float, prefix: str, what: str) 
 
 
 def _run_as_handed_in(nb: nbformat.NotebookNode, checks: Checks, key: str, limits: GradingLimits,
-                      env: dict[str, str], stop: threading.Event | None) -> tuple[list[str], dict[str, int] | None]:
+                      env: dict[str, str], stop: threading.Event | None,
+                      isolation: Isolation) -> tuple[list[str], dict[str, int] | None]:
     """Run the whole notebook in its own kernel; return notes on how it ran and the hints used (None: unknown)."""
     sources = [cell.source for cell in nb.cells if cell.get("cell_type") == "code"]
-    with Sandbox(env, stop, limits.grace) as box:
+    with Sandbox(env, stop, limits.grace, isolation) as box:
         report_path = box.private / "report.json"
         run, _ = box.run([Step("notebook", sources, limits.timeout),
                           Step("report", [_REPORT + f"_grader_report({str(report_path)!r}, {checks.module!r})"],
@@ -396,10 +409,11 @@ def _run_as_handed_in(nb: nbformat.NotebookNode, checks: Checks, key: str, limit
 
 
 def _run_answers(answers: list[tuple[str, str]], checks: Checks, key: str, limits: GradingLimits,
-                 env: dict[str, str], stop: threading.Event | None) -> tuple[dict[str, tuple[int, str]], list[str]]:
+                 env: dict[str, str], stop: threading.Event | None,
+                 isolation: Isolation) -> tuple[dict[str, tuple[int, str]], list[str]]:
     """Grade the answer cells in a clean kernel; return {exercise: (points, message)}, and notes on how it went."""
     nonce = secrets.token_hex(8)
-    with Sandbox(env, stop, limits.grace) as box:
+    with Sandbox(env, stop, limits.grace, isolation) as box:
         channel = box.private / "results.jsonl"
         setup, ran, graded = box.run([
             Step("setup", [_setup_cell(checks, key, channel, nonce)], SETUP_SECONDS),
@@ -444,7 +458,8 @@ def _same_for_all(checks: Checks, student: str, message: str, hints: Mapping[str
 
 def grade_notebook(path: Path, student: str | None = None, checks: Checks | None = None,
                    limits: GradingLimits = GradingLimits(), stop: threading.Event | None = None,
-                   jobs: int = 1, digests: Mapping[str, str] | None = None) -> list[Row]:
+                   jobs: int = 1, digests: Mapping[str, str] | None = None,
+                   isolation: Isolation = NO_ISOLATION) -> list[Row]:
     """Grade one submission; return its rows, one per exercise and the TOTAL row last.
 
     Raises Stopped when `stop` is set while it runs, GraderFailure for a failure of the grading machine, and
@@ -458,14 +473,14 @@ def grade_notebook(path: Path, student: str | None = None, checks: Checks | None
     env = _student_env(jobs)
     try:
         with sandbox.reaping():
-            notes, hints = _run_as_handed_in(nb, checks, key, limits, env, stop)
+            notes, hints = _run_as_handed_in(nb, checks, key, limits, env, stop, isolation)
             _check_code(digests, student)  # before the grading kernel imports any of it
             answers = answer_cells(nb)
             if not answers:
                 message = ("the answer cells could not be found (no cell has nbgrader metadata '<exercise>-answer' "
                            "or a first line '# Answer exNN'): not graded; grade it by hand")
                 return _same_for_all(checks, student, "; ".join([message] + notes), hints)
-            results, grading_notes = _run_answers(answers, checks, key, limits, env, stop)
+            results, grading_notes = _run_answers(answers, checks, key, limits, env, stop, isolation)
             _check_code(digests, student)
     except sandbox.KernelStartError as exc:
         raise GraderFailure(str(exc)) from exc
@@ -504,12 +519,19 @@ def grade_folder(submissions: Path, gradebook: Path, limits: GradingLimits = Gra
                  redo: bool = False, wide: Path | None = None, feedback: Path | None = None,
                  checks: Checks | None = None, check_data: bool = True, bom: bool = False,
                  lms_export: str | None = None, roster: Path | None = None, assignment: str = "MNIST exercises",
+                 isolation: str = "auto", memory: int = MAX_MEMORY_BYTES,
                  log: Callable[[str], None] = print) -> GradingSummary:
     """Grade every submission in `submissions` into `gradebook` (and its wide CSV and feedback files), `jobs`
     kernels at once; return what this run graded. `bom` starts both CSVs with UTF-8's byte-order mark, for Excel on
     Windows. `lms_export` ("canvas" or "moodle") also writes GRADEBOOK-STEM-LMS.csv for that system's import, its
     identity columns from `roster` (which also maps LMS download names to student keys; lms.py). Ctrl-C stops it
-    cleanly: KeyboardInterrupt, nothing recorded for the students in progress."""
+    cleanly: KeyboardInterrupt, nothing recorded for the students in progress. `isolation` ("auto", "namespaces" or
+    "none": isolation.py) says where the kernels run, `memory` their RLIMIT_DATA in bytes (0: none)."""
+    isolation_mode = isolation
+    if isolation not in MODES:
+        raise UsageError(f"--isolation {isolation!r} is not a mode; choose one of {', '.join(MODES)}")
+    if not (isinstance(memory, int) and memory >= 0):
+        raise UsageError(f"memory must be a whole number of bytes, 0 for no limit, not {memory!r}")
     if not (isinstance(jobs, int) and jobs >= 1):
         raise UsageError(f"jobs must be a whole number of at least 1, not {jobs!r}")
     gradebook = check_output(Path(gradebook), "--out")
@@ -526,7 +548,8 @@ def grade_folder(submissions: Path, gradebook: Path, limits: GradingLimits = Gra
         raise UsageError(f"no {SUFFIX} files in {submissions}")
     checks = checks or Checks.load()
     summary = GradingSummary()
-    with Gradebook(gradebook, checks, *book_args, log=log, bom=bom) as book:
+    with contextlib.ExitStack() as stack:
+        book = stack.enter_context(Gradebook(gradebook, checks, *book_args, log=log, bom=bom))
         if check_data:
             ensure_mnist(log=log)  # a missing data set is the instructor's problem, never blamed on a student
         done = set() if redo else book.graded()
@@ -534,12 +557,16 @@ def grade_folder(submissions: Path, gradebook: Path, limits: GradingLimits = Gra
         summary.skipped = len(found) - len(todo)
         if summary.skipped:
             log(f"skipping {summary.skipped} student(s) already in {gradebook} (use --redo to grade again)")
-        if todo:
-            log(sandbox.describe_isolation())
+        isolation = NO_ISOLATION
+        if todo:  # the kernels' private folders and the package copy in a folder of this run's own
+            run = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mnist-grading-")))
+            isolation = resolve(isolation_mode, [Path(submissions), gradebook.parent, book.wide.parent, book.feedback,
+                                                 *package_source()], _needed_folders(), run, memory, log)
+            log(sandbox.describe_isolation(isolation))
         with sandbox.reaping():
             if leftovers := sandbox.sweep_leftovers():
                 log(f"killed {leftovers} process(es) left behind by an earlier grader that was killed")
-            _grade_all(todo, book, summary, checks, limits, jobs, redo, code_digests(), log)
+            _grade_all(todo, book, summary, checks, limits, jobs, redo, code_digests(), isolation, log)
         book.save()  # every kernel is gone: the final state of every file is the record's
         summary.changed = book.changed
         if export is not None:
@@ -568,7 +595,7 @@ def grade_folder(submissions: Path, gradebook: Path, limits: GradingLimits = Gra
 
 
 def _grade_all(todo: list[Submission], book: Gradebook, summary: GradingSummary, checks: Checks,
-               limits: GradingLimits, jobs: int, redo: bool, digests: Mapping[str, str],
+               limits: GradingLimits, jobs: int, redo: bool, digests: Mapping[str, str], isolation: Isolation,
                log: Callable[[str], None]) -> None:
     """Grade `todo` with `jobs` worker threads; this thread alone records the results. Raises KeyboardInterrupt
     (Ctrl-C) or EnvironmentChanged after stopping the workers and saving what finished."""
@@ -586,7 +613,8 @@ def _grade_all(todo: list[Submission], book: Gradebook, summary: GradingSummary,
                 return
             events.put(("start", sub, time.monotonic()))
             try:
-                events.put(("done", sub, grade_notebook(sub.path, sub.student, checks, limits, stop, jobs, digests)))
+                events.put(("done", sub, grade_notebook(sub.path, sub.student, checks, limits, stop, jobs, digests,
+                                                        isolation)))
             except Stopped:
                 events.put(("stopped", sub, None))
             except BaseException as exc:  # one notebook never stops the others; nothing is recorded for it

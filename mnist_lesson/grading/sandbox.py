@@ -29,6 +29,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mnist_lesson.grading.isolation import NO_ISOLATION, Isolation, confine, read_spec, write_spec
+
 MARKER_ENV = "MNIST_LESSON_GRADING"  # every process a submission starts inherits it: "GRADER_PID:TOKEN"
 MAX_FILE_BYTES = 512 * 1024 * 1024  # RLIMIT_FSIZE: no single file written larger than this
 MAX_OPEN_FILES = 4096  # RLIMIT_NOFILE
@@ -108,13 +110,21 @@ def _own_namespaces() -> str:
     return ""
 
 
-def apply_limits() -> dict[str, object]:
-    """Set this process's resource limits and namespaces for a student kernel; return what holds."""
+def apply_limits(isolation: Isolation = NO_ISOLATION, private: str = "") -> dict[str, object]:
+    """Set this process's resource limits and namespaces for a student kernel; return what holds. In mode
+    "namespaces" the kernel is confined (isolation.confine) first, `private` its own folder: the launcher that
+    called this then stays outside as the kernel's parent and never returns from here."""
     root = os.geteuid() == 0  # before the namespaces, in which we may look like root to ourselves
-    namespaces = _own_namespaces()
+    if isolation.mode == "namespaces":
+        confine(isolation, private)
+        namespaces = "user+net+mount+pid"
+    else:
+        namespaces = _own_namespaces()
     held = {
         "network": "net" in namespaces,
         "user_namespace": "user" in namespaces,
+        "namespaces": isolation.mode == "namespaces",
+        "memory": bool(isolation.memory) and _set_limit("RLIMIT_DATA", isolation.memory),
         "file_size": _set_limit("RLIMIT_FSIZE", MAX_FILE_BYTES),
         "open_files": _set_limit("RLIMIT_NOFILE", MAX_OPEN_FILES),
         # Counted per user (per user and namespace inside a new user namespace); root is exempt.
@@ -123,7 +133,8 @@ def apply_limits() -> dict[str, object]:
         "core_dumps": _set_limit("RLIMIT_CORE", 0),
     }
     libc = _libc()
-    if libc is not None and sys.platform.startswith("linux"):  # set last: a change of credentials clears it
+    if libc is not None and sys.platform.startswith("linux") and isolation.mode != "namespaces":
+        # Set last: a change of credentials clears it (confine sets it in the launcher, outside the kernel's namespace).
         held["dies_with_grader"] = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
         grader = os.environ.get(MARKER_ENV, "").split(":")[0]
         if grader.isdigit() and os.getppid() != int(grader):  # the grader died before prctl: stop now
@@ -131,26 +142,43 @@ def apply_limits() -> dict[str, object]:
     return held
 
 
-def describe_isolation() -> str:
+def describe_isolation(isolation: Isolation = NO_ISOLATION) -> str:
     """Return one line saying which limits a student kernel runs under on this machine (started once to see)."""
-    probe = subprocess.run([sys.executable, "-m", "mnist_lesson.grading.sandbox", "--probe"], capture_output=True,
-                           text=True, timeout=60, env={**os.environ, MARKER_ENV: f"{os.getpid()}:probe"})
+    with tempfile.TemporaryDirectory(prefix="mnist-probe-") as folder:
+        spec = Path(folder) / "isolation.json"
+        write_spec(isolation, spec)
+        probe = subprocess.run([sys.executable, "-m", "mnist_lesson.grading.sandbox", "--probe", str(spec)],
+                               capture_output=True, text=True, timeout=60,
+                               env={**os.environ, MARKER_ENV: f"{os.getpid()}:probe"})
     try:
         held = json.loads(probe.stdout)
     except ValueError:
         return "kernel limits unknown (the probe failed)"
-    parts = [("no network" if held.get("network") else "network NOT blocked (no network namespace allowed here)"),
+    parts = [("its own namespaces: the grader's files, other submissions and the package source hidden, the file "
+              "system read-only but for its own folder, no other process visible" if held.get("namespaces")
+              else "NO isolation from the grader's files and processes (--isolation none)"),
+             ("no network" if held.get("network") else "network NOT blocked (no network namespace allowed here)"),
+             (f"memory up to {isolation.memory / 2**30:g} GiB" if held.get("memory") else "no memory limit"),
              f"files up to {MAX_FILE_BYTES // 2**20} MiB" if held.get("file_size") else "no file size limit",
              f"{MAX_OPEN_FILES} open files" if held.get("open_files") else "no open-file limit",
              f"{MAX_PROCESSES} processes" if held.get("processes") else "process limit not binding (root)"]
-    return "student kernels run with " + ", ".join(parts) + "; no memory limit"
+    return "student kernels run with " + ", ".join(parts)
 
 
 def main(argv: list[str]) -> None:
-    """Launch a student kernel: `python -m mnist_lesson.grading.sandbox CONNECTION_FILE` (or `--probe`)."""
-    held = apply_limits()
-    if argv[:1] == ["--probe"]:
-        print(json.dumps(held))
+    """Launch a student kernel: `python -m mnist_lesson.grading.sandbox CONNECTION_FILE [ISOLATION_FILE]` (or
+    `--probe [ISOLATION_FILE]`, which prints what holds)."""
+    probe = argv[:1] == ["--probe"]
+    spec = argv[1] if len(argv) > 1 else ""
+    isolation = read_spec(spec) if spec else NO_ISOLATION
+    private = os.path.dirname(spec) or tempfile.gettempdir()
+    try:
+        held = apply_limits(isolation, private)
+    except OSError as exc:  # the grader reads why from this file (the launcher's output goes nowhere)
+        Path(private, "launcher-error.txt").write_text(f"{exc.strerror or exc}"[:300])
+        sys.exit(1)
+    if probe:
+        print(json.dumps(held), flush=True)
         return
     # No history database (nothing of one submission reaches the next), and the connection file from the grader.
     os.execv(sys.executable, [sys.executable, "-m", "ipykernel_launcher", "-f", argv[0],
@@ -323,16 +351,21 @@ def _rmtree(path: Path) -> None:
 class Sandbox:
     """One kernel's private folder and lifetime: `with Sandbox(env) as box: box.run(steps)`."""
 
-    def __init__(self, env: Mapping[str, str], stop: threading.Event | None = None, grace: float = 10.0) -> None:
+    def __init__(self, env: Mapping[str, str], stop: threading.Event | None = None, grace: float = 10.0,
+                 isolation: Isolation = NO_ISOLATION) -> None:
         self.stop = stop or threading.Event()
         self.grace = grace  # seconds between the interrupt at a limit and the kill
-        self.private = Path(tempfile.mkdtemp(prefix="mnist-grade-"))  # never named after the student
+        self.isolation = isolation
+        # Never named after the student; in the run's own folder, which other kernels see empty.
+        self.private = Path(tempfile.mkdtemp(prefix="mnist-grade-", dir=isolation.kernels or None))
         self.workdir = self.private / "work"
         self.marker = f"{os.getpid()}:{secrets.token_hex(8)}"
         for sub in ("work", "tmp", "ipython"):
             (self.private / sub).mkdir()
         self.env = {**env, MARKER_ENV: self.marker, "TMPDIR": str(self.private / "tmp"),
                     "IPYTHONDIR": str(self.private / "ipython")}  # no startup files a notebook could plant
+        if isolation.package:  # the private read-only copy first, the source folder being hidden
+            self.env["PYTHONPATH"] = os.pathsep.join([isolation.package, *filter(None, [env.get("PYTHONPATH")])])
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Sandbox:
@@ -372,10 +405,13 @@ class Sandbox:
         connection.write_text(json.dumps({"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4,
                                           "hb_port": 5, "ip": prefix, "key": key, "transport": "ipc",
                                           "signature_scheme": "hmac-sha256", "kernel_name": ""}))
+        spec = self.private / "isolation.json"
+        write_spec(self.isolation, spec)
         with _LOCK:  # no scan may see the child between fork and exec, without its marker
             _LIVE[self.marker] = -1
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mnist_lesson.grading.sandbox", str(connection)], cwd=self.workdir, env=self.env,
+                [sys.executable, "-m", "mnist_lesson.grading.sandbox", str(connection), str(spec)], cwd=self.workdir,
+                env=self.env,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True)  # Ctrl-C at the grader's terminal never reaches student code
             _LIVE[self.marker] = self.proc.pid
@@ -386,7 +422,9 @@ class Sandbox:
             if self.stop.is_set():
                 raise Stopped
             if self.proc.poll() is not None:
-                raise KernelStartError(f"the kernel exited while starting (status {self.proc.returncode})")
+                error = self.private / "launcher-error.txt"
+                why = f": {error.read_text()[:300]}" if error.exists() else ""
+                raise KernelStartError(f"the kernel exited while starting (status {self.proc.returncode}{why})")
             if time.monotonic() > end:
                 raise KernelStartError(f"the kernel was not ready after {KERNEL_START_SECONDS:.0f} s")
             if time.monotonic() - asked > 1:
