@@ -251,7 +251,7 @@ def cpu_levers_table(levers: CpuLevers) -> str:
     return "\n".join(rows) + f"\n\nOn {levers.device}."
 
 
-def unseen_seeds_verdict(summaries: Sequence[SeedsSummary], seeds: range) -> str:
+def unseen_seeds_verdict(summaries: Sequence[SeedsSummary], seeds: Sequence[int]) -> str:
     """Return, per model, how its seeds in `seeds` (the ones no choice had seen) went: how many ran, how many hold,
     and each one's lowest last-epoch accuracy."""
     parts = []
@@ -266,5 +266,5 @@ def unseen_seeds_verdict(summaries: Sequence[SeedsSummary], seeds: range) -> str
         parts.append(f"`{s.model}` ({s.params:,} parameters): {held} of the {len(ran)} that ran hold (the lowest of "
                      f"each seed's last {LAST_EPOCHS} epochs: {lowest})"
                      + (f"; {missing} of the {len(seeds)} have not run yet." if missing else "."))
-    return f"On seeds {seeds.start}-{seeds.stop - 1}, which no choice of these recipes had seen: " + " ".join(parts)
+    return f"On seeds {min(seeds)}-{max(seeds)}, which no choice of these recipes had seen: " + " ".join(parts)
 
