@@ -34,7 +34,7 @@ def test_a_key_names_one_design_in_every_study() -> None:
 
 
 def test_the_ablation_changes_one_thing_at_a_time_and_ends_at_the_final_model() -> None:
-    chain = [d for d in STUDIES["ablation"] if not d.key.endswith("final-recipe")]
+    chain = [d for d in STUDIES["ablation"] if not d.label.startswith("control")]
     assert chain[0].key == "gap" and chain[-1].key == "final"
     assert str(chain[-1].build()) == str(get_model("final")) and chain[-1].recipe == get_recipe("final")
     recipe_fields = [{k for k, v in a.recipe.to_dict().items() if b.recipe.to_dict()[k] != v}
@@ -49,6 +49,13 @@ def test_the_ablation_changes_one_thing_at_a_time_and_ends_at_the_final_model() 
     assert get_design("ablation", "head32").build().head[1][0].out_channels == 32
     assert isinstance(get_design("ablation", "assignment-final-recipe").build(), AssignmentNet)
     assert isinstance(get_design("ablation", "gap-final-recipe").build(), StepNet)
+    # The controls under the final recipe: 06's model at the final dropout rate, and the final model without dropout.
+    gap05, no_dropout = get_design("ablation", "gap-dropout05-final-recipe"), get_design("ablation", "final-no-dropout")
+    assert gap05.recipe == no_dropout.recipe == get_recipe("final")
+    assert str(gap05.build()) == str(get_model("gap")).replace("p=0.1", "p=0.05")
+    assert str(no_dropout.build()) != str(get_model("final")) and "Dropout" not in str(no_dropout.build())
+    assert count_parameters(gap05.build()) == count_parameters(get_model("gap"))
+    assert count_parameters(no_dropout.build()) == count_parameters(get_model("final"))
 
 
 # What each lever study changes, design after design; a rung without a study keeps the ladder recipe.
