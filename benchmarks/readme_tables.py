@@ -166,15 +166,16 @@ def gpu_runs_verdict() -> str:
     gpu = summarize_seeds(seeds_path("final_cuda"))
     if not timed:
         return f"On a GPU ({gpu.device}) only the seeds above ran."
-    held = gpu.passing + sum(claim_holds(step.test_acc) for step in timed)
-    short = [step for step in timed if not claim_holds(step.test_acc)]
+    timed_runs = read_json(evidence("gpu_timed_h200_graph.json"), {"runs": []})["runs"]
+    held, total = _gpu_eager_runs(checks, timed_runs)
+    accs = [step.test_acc for step in timed] + [tuple(run["test_acc"]) for run in timed_runs
+                                                 if not run["speed"]["graph"]]
+    short = [a for a in accs if not claim_holds(a)]
     text = (f"On a GPU ({gpu.device}), {_same_seed_differs(timed[0])}. Besides its seeds ({gpu.passing} of "
-            f"{len(gpu.last_accs)} hold), `train final` was timed {len(timed)} times")
-    if short:
-        last = short[0].test_acc[-LAST_EPOCHS:]
-        text += (f"; {'one' if len(short) == 1 else len(short)} of those ended "
-                 f"{', '.join(f'{a:.2f}' for a in last)}, below {TARGET:.2f} at its lowest")
-    text += f": {held} of {len(gpu.last_accs) + len(timed)} runs on the GPU held."
+            f"{len(gpu.last_accs)} hold), `train final` was timed {len(accs)} times without the CUDA graph")
+    for last in short:
+        text += f"; one ended {', '.join(f'{a:.2f}' for a in last[-LAST_EPOCHS:])}, below {TARGET:.2f} at its lowest"
+    text += f": {held} of {total} runs on the GPU held."
     graph = summarize_seeds(seeds_path("final_graph_cuda"))
     return (text + f" With the opt-in CUDA graph (`--graph`), {graph.passing} of {len(graph.last_accs)} seeds held "
             f"(worst epoch {graph.worst:.2f}) ([docs/performance.md](docs/performance.md)).")
@@ -208,7 +209,15 @@ def gpu_verdict() -> str:
             f"The timed run was seed 0 too, and its last {len(last)} epochs were {', '.join(f'{a:.2f}' for a in last)}"
             + ("." if held else f": the lowest below {TARGET:.2f}, where the seeds run of the same seed held. "
                f"{_upper_first(_same_seed_differs(step))}, so that is one more GPU run, and it fell "
-               f"short: {gpu.passing + held} of {len(gpu.last_accs) + 1} runs on the GPU held."))
+               f"short: {gpu.passing + held} of {len(gpu.last_accs) + 1} runs on the GPU held in that lease."))
+
+
+def _gpu_eager_runs(checks: Sequence, timed: Sequence[Mapping]) -> tuple[int, int]:
+    """Return (held, all) of the final model's GPU runs without the graph: its seeds file and every timed run."""
+    seeds = summarize_seeds(seeds_path("final_cuda"))
+    accs = [step.test_acc for check in checks for step in check.steps if step.name == "train-final" and step.test_acc]
+    accs += [tuple(run["test_acc"]) for run in timed if not run["speed"]["graph"]]
+    return seeds.passing + sum(claim_holds(a) for a in accs), len(seeds.last_accs) + len(accs)
 
 
 def gpu_graph_verdict() -> str:
@@ -235,32 +244,34 @@ def gpu_graph_verdict() -> str:
     plain, graph = steps["train-final"][1], steps["train-final-graph"][1]
     seeds = summarize_seeds(seeds_path("final_graph_cuda"))
     graphed = [row for row in rows if "--graph" in row[0]]
-    eager_seeds = summarize_seeds(seeds_path("final_cuda"))
-    eager_timed = [step.test_acc for c in checks for step in c.steps if step.name == "train-final" and step.test_acc]
-    eager_timed += [tuple(run["test_acc"]) for run in timed if not run["speed"]["graph"]]
-    eager_held = eager_seeds.passing + sum(claim_holds(accs) for accs in eager_timed)
-    eager_all = len(eager_seeds.last_accs) + len(eager_timed)
-    runs_held = seeds.passing + sum(claim_holds(row[-1]) for row in graphed)
-    runs_all = len(seeds.last_accs) + len(graphed)
-    best = max(run["run_s"] for run in fast)
-    whole = [run["command_s"] for run in fast]
+    eager_held, eager_all = _gpu_eager_runs(checks, timed)
+    timed_held = sum(claim_holds(row[-1]) for row in graphed)
+    heuristic = [run for run in timed if not run["speed"]["graph"] and not run["speed"]["autotune"]]
     text = (f"On {check.device} (code {check.code}), recording the whole step once as a CUDA graph and replaying it "
             f"(`--graph`) took the later epochs of `train final` from {statistics.median(plain.epoch_s[1:]):.2f} s "
-            f"to {statistics.median(graph.epoch_s[1:]):.2f} s, but its first epoch stayed long "
-            f"({graph.epoch_s[0]:.1f} s). Most of that was cuDNN timing its algorithms: with the timing off as "
-            f"well (`--graph --no-autotune`, cuDNN's heuristics choose), the first epoch took "
-            f"{min(run['epoch_s'][0] for run in fast):.1f}-{max(run['epoch_s'][0] for run in fast):.1f} s and the "
-            f"run {min(run['run_s'] for run in fast):.1f}-{best:.1f} s in {len(fast)} runs, data loading included: "
-            f"{'within' if best <= GPU_TARGET_S else 'above'} the {GPU_TARGET_S} s target. The whole command, with "
-            f"the interpreter's start, imports and the saving of the model and plots, took "
-            f"{min(whole):.1f}-{max(whole):.1f} s; what those extra seconds are was not measured. Without the graph, "
-            "the heuristics' choice was slower than the timed one (the row `--no-autotune`, one run each), so "
-            f"autotuning stays on by default. With `--graph` the final model held on {seeds.passing} of "
-            f"{len(seeds.last_accs)} seeds "
-            f"run side by side (worst epoch {seeds.worst:.2f}) and on every timed run above: {runs_held} of "
-            f"{runs_all} graphed runs held, against {eager_held} of {eager_all} runs without the graph on the same "
-            "GPU "
-            "(its seeds file and every timed run). Both levers are opt-in.")
+            f"to {statistics.median(graph.epoch_s[1:]):.2f} s (median), while its first epoch took "
+            f"{graph.epoch_s[0]:.1f} s, against {plain.epoch_s[0]:.1f} s without the graph.")
+    if fast:
+        whole = [run["command_s"] for run in fast]
+        best = max(run["run_s"] for run in fast)
+        text += (f" With cuDNN's timing of algorithms off as well (`--graph --no-autotune`, its heuristics choose), "
+                 f"the first epoch took {min(run['epoch_s'][0] for run in fast):.1f}-"
+                 f"{max(run['epoch_s'][0] for run in fast):.1f} s and the run "
+                 f"{min(run['run_s'] for run in fast):.1f}-{best:.1f} s in {len(fast)} runs, data loading included: "
+                 f"{'within' if best <= GPU_TARGET_S else 'above'} the {GPU_TARGET_S} s target; in these runs, "
+                 "then, most of the graphed first epoch went to that timing. The whole command, with the "
+                 "interpreter's start, imports and the saving of the model and plots, took "
+                 f"{min(whole):.1f}-{max(whole):.1f} s; what those extra seconds are was not measured.")
+    if heuristic:
+        run = heuristic[0]
+        text += (f" Without the graph, the heuristics' choice made the later epochs slower "
+                 f"({statistics.median(run['epoch_s'][1:]):.2f} s against {statistics.median(plain.epoch_s[1:]):.2f}"
+                 " s, one run each), so autotuning stays on by default.")
+    text += (f" With `--graph` the final model held on {seeds.passing} of {len(seeds.last_accs)} seeds run side by "
+             f"side (worst epoch {seeds.worst:.2f}) and on {timed_held} of the {len(graphed)} timed runs above: "
+             f"{seeds.passing + timed_held} of {len(seeds.last_accs) + len(graphed)} graphed runs held, against "
+             f"{eager_held} of {eager_all} runs without the graph on the same GPU (its seeds file and every timed "
+             "run). Both levers are opt-in.")
     return "\n".join(table) + "\n\n" + text
 
 

@@ -79,3 +79,28 @@ def test_graph_settings_that_cannot_work_are_refused_or_named() -> None:
     with pytest.warns(UserWarning, match="CUDA graphs need a CUDA device"):
         assert graph_on(Speed(graph=True), CPU) is False
     assert graph_on(Speed(), torch.device("cuda")) is False
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_functional_sgd_steps_as_torch_sgd_does(nesterov: bool, weight_decay: float) -> None:
+    torch.manual_seed(0)
+    ours = [torch.randn(3, 4), torch.randn(5)]
+    theirs = [p.clone().requires_grad_() for p in ours]
+    optimizer = torch.optim.SGD(theirs, lr=0.1, momentum=0.9, nesterov=nesterov, weight_decay=weight_decay)
+    mirror = torch.optim.SGD([p.clone().requires_grad_() for p in ours], lr=0.1, momentum=0.9, nesterov=nesterov,
+                             weight_decay=weight_decay)
+    sgd = FunctionalSGD(mirror, CPU)
+    sgd.params = ours  # the same start, updated in place by the functional form
+    sgd.buffers = [torch.zeros_like(p) for p in ours]
+    for lr, momentum in [(0.1, 0.9), (0.05, 0.85), (0.2, 0.95), (0.01, 0.9)]:  # rate and momentum change each step
+        for group in (optimizer.param_groups[0], mirror.param_groups[0]):
+            group["lr"], group["momentum"] = lr, momentum
+        grads = [torch.randn_like(p) for p in ours]
+        for p, g in zip(theirs, grads, strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+        sgd.load()
+        sgd.update([g.clone() for g in grads])
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-6, atol=1e-7)
