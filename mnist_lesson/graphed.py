@@ -2,10 +2,11 @@
 
 On a GPU the course's `fit` is limited by the host, not the device: a step of the final model is about 190 small
 operations, each one a launch the host makes (benchmarks/dispatch_count.py), for a few microseconds of work each.
-A CUDA graph records those launches once and replays them with one call. `fit_graphed` trains exactly what `fit`
-trains (same model, loss, SGD with momentum, schedule and running score) and returns the same History; only the way
-the step reaches the device differs (`Speed(graph=True)`, `train --graph`; docs/performance.md says what it
-measured). What a replay needs is fixed when the step is recorded:
+A CUDA graph records those launches once and replays them with one call. `fit_graphed` trains what `fit` trains
+(same model, loss, SGD with momentum, schedule and running score), up to rounding, and returns the same History;
+only the way the step reaches the device differs. Its eager form is checked against `fit` on a CPU; the recorded
+form has been checked on a GPU only by the accuracy of its runs (`Speed(graph=True)`, `train --graph`;
+docs/performance.md says what it measured). What a replay needs is fixed when the step is recorded:
 
 - the batch lives in two tensors that are filled before each replay (`static_x`, `static_y`); a last batch of
   another size runs the same step without the graph;
