@@ -56,7 +56,7 @@ def test_train_final_prints_params_progress_accuracy_time_and_verdict(tmp_path: 
     assert done.returncode == 0, done.stderr
     assert "model final: 18,152 parameters" in done.stdout
     assert "epoch  1/1: train loss" in done.stdout and "test loss" in done.stdout
-    assert "epoch 1/1" in done.stderr  # the progress bar (text, outside a notebook)
+    assert "epoch 1/1" in done.stdout  # the progress bar: text on stdout, in a terminal and in notebooks alike
     assert "wall time" in done.stdout
     assert done.stdout.strip().splitlines()[-1] == (f"verdict: 18,152 parameters < {BUDGET:,} (budget met); accuracy "
                                                     "not judged (smoke run of 1 short epoch)")
