@@ -96,6 +96,20 @@ LADDER8K_LEVERS: tuple[Design, ...] = (
     Design("under8k-ema", _EMA_LABEL, MODELS["under8k"], LADDER_EMA_RECIPE),
 )
 
+# Issue 24: the controls above ran on an Intel Xeon while "final" and "gap-final-recipe" ran on an AMD EPYC, and the
+# same seed moves with the machine. The two are rerun under their own keys so that every design of this study is
+# recorded on one machine (tests/test_studies.py checks that it was).
+CONTROLS: tuple[Design, ...] = (
+    Design("gap-final-recipe-rerun", "notebook 06's model with the final recipe (dropout 0.1)", MODELS["gap"],
+           FINAL_RECIPE),
+    Design("gap-dropout05-final-recipe", "+ dropout 0.05 instead of 0.1", partial(StepNet, **_BASE, dropout=0.05),
+           FINAL_RECIPE),
+    Design("final-rerun", "+ the final layout (24 pooled features, a 32-wide 1x1 layer): the final model",
+           MODELS["final"], FINAL_RECIPE),
+    Design("final-no-dropout", "the final model without dropout", partial(
+        StepNet, **_BASE, dropout=0.0, width=24, head_width=32), FINAL_RECIPE),
+)
+
 STUDIES: dict[str, tuple[Design, ...]] = {
     # Steps 02-06 of the series, each with its own recipe: what each idea changes.
     "steps": tuple(registered(name, label) for name, label in [
@@ -103,6 +117,7 @@ STUDIES: dict[str, tuple[Design, ...]] = {
         ("batchnorm", "04: + batch normalization"), ("dropout", "05: + dropout"),
         ("gap", "06: + global average pooling")]),
     "ablation": ABLATION,
+    "controls": CONTROLS,
     "ladder5k": LADDER5K_LEVERS,
     "ladder8k": LADDER8K_LEVERS,
 }
