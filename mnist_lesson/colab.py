@@ -6,8 +6,15 @@ the repository (and stops "Run all" with one clear error when that fails), and a
 what the notebook runs on and, on a CPU, how long it took there when recorded. Every notebook's metadata
 asks Colab for a GPU runtime.
 
-A fork changes REPOSITORY (and BRANCH) below and runs `python -m mnist_lesson colab --sync`;
-`python -m mnist_lesson colab --check` lists every badge and install address and whether they agree.
+The notebooks install a pinned release, never a branch head, so the checks a student runs are the checks the
+instructor grades with: RELEASE is the git tag `v<version>` of the package's own version. To release, raise
+`__version__` in mnist_lesson/__init__.py (pyproject.toml reads it), run `python -m mnist_lesson colab --sync`,
+commit, then tag that commit `v<version>` and push the tag. The device cell prints the version a notebook ran
+(`runtime_note`), and the grader warns when a submission ran another one than the grader's.
+
+A fork changes REPOSITORY (and, to pin a commit of its own, RELEASE) below and runs
+`python -m mnist_lesson colab --sync`; `python -m mnist_lesson colab --check` lists every badge and install
+address and whether they agree.
 """
 
 from __future__ import annotations
@@ -16,8 +23,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import mnist_lesson
+
 REPOSITORY = "mnist-lesson/mnist-under-20k"  # GitHub owner/name: the one place the address is written
-BRANCH = "main"
+RELEASE = f"v{mnist_lesson.__version__}"  # the git tag (or a commit) every badge opens and every setup cell installs
+VERSION_PREFIX = "mnist_lesson "  # how the device cell starts: "mnist_lesson 0.2.0, torch ..."
 SETUP_MARKER = "# Colab only:"
 DEVICE_MARKER = "# The device this notebook's stored outputs were produced on"
 # What Colab reads to offer a GPU runtime when it opens a notebook (and what it writes itself).
@@ -31,12 +41,12 @@ def repository_url() -> str:
 
 def install_address() -> str:
     """Return the pip requirement that installs the package from the repository."""
-    return f"mnist_lesson @ git+{repository_url()}@{BRANCH}"
+    return f"mnist_lesson @ git+{repository_url()}@{RELEASE}"
 
 
 def badge(notebook: str, folder: str = "notebooks") -> str:
     """Return the markdown "Open in Colab" badge for FOLDER/NOTEBOOK of the repository."""
-    url = f"https://colab.research.google.com/github/{REPOSITORY}/blob/{BRANCH}/{folder}/{notebook}"
+    url = f"https://colab.research.google.com/github/{REPOSITORY}/blob/{RELEASE}/{folder}/{notebook}"
     return f"[![Open in Colab](https://colab.research.google.com/assets/colab-badge.svg)]({url})"
 
 
@@ -52,14 +62,15 @@ def setup_source(requirement: str | None = None) -> str:
         'if "google.colab" in sys.modules:',
         f'    %pip install -q "{requirement}"',
         "    try:",
-        "        import mnist_lesson  # noqa: F401 (only checks that the install worked)",
+        "        import mnist_lesson",
         "    except ImportError as error:",
         "        raise RuntimeError(",
         '            "The course package did not install from "',
         f'            "{requirement.split(" @ ")[-1]} (pip says why above). "',
-        '            "Check the repository address in mnist_lesson/colab.py (REPOSITORY, BRANCH), or upload the "',
+        '            "Check the repository address in mnist_lesson/colab.py (REPOSITORY, RELEASE), or upload the "',
         '            "mnist_lesson folder to this runtime (Files pane), then run this cell again."',
         "        ) from error",
+        '    print("installed mnist_lesson", mnist_lesson.__version__)',
     ])
 
 
@@ -92,7 +103,8 @@ def runtime_note(notebook: str, device: Any) -> str:
 
     from mnist_lesson.device import describe_device
 
-    lines = [f"torch {torch.__version__}, running on {describe_device(device)}"]
+    lines = [f"{VERSION_PREFIX}{mnist_lesson.__version__}, torch {torch.__version__}, "
+             f"running on {describe_device(device)}"]
     if device.type != "cpu":
         return lines[0]
     cpu = {d: m for d, m in recorded_minutes(notebook).items() if d.startswith("cpu")}
@@ -105,6 +117,14 @@ def runtime_note(notebook: str, device: Any) -> str:
                      "README lists the recorded ones).")
     lines.append("In Colab, Runtime > Change runtime type > T4 GPU makes it faster (the notebook runs the same).")
     return "\n".join(lines)
+
+
+def reported_version(text: str) -> str | None:
+    """Return the mnist_lesson version a device cell's output reports ("mnist_lesson 0.2.0, torch ..."), or None."""
+    for line in text.splitlines():
+        if line.startswith(VERSION_PREFIX) and ", torch " in line:
+            return line[len(VERSION_PREFIX):].split(",", 1)[0].strip() or None
+    return None
 
 
 def notebook_folder(path: Path) -> str:
@@ -172,7 +192,7 @@ def describe_links(paths: Iterable[Path]) -> list[str]:
     """Return one line per notebook with its badge address and install address, and whether both point here."""
     import nbformat
 
-    lines = [f"repository: {repository_url()} (branch {BRANCH}), from mnist_lesson/colab.py"]
+    lines = [f"repository: {repository_url()} (release {RELEASE}), from mnist_lesson/colab.py"]
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         found = [line for line in nb.cells[0].source.splitlines() if "colab-badge.svg" in line]

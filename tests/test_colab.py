@@ -20,8 +20,16 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+import mnist_lesson
 from conftest import SITE_PACKAGES, StudentInstall
-from mnist_lesson.colab import COLAB_METADATA, setup_source
+from mnist_lesson.colab import (
+    COLAB_METADATA,
+    RELEASE,
+    install_address,
+    reported_version,
+    runtime_note,
+    setup_source,
+)
 from mnist_lesson.course import LESSONS, notebook_paths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,3 +104,28 @@ def test_a_failed_install_stops_run_all_with_one_clear_error(tmp_path: Path,
     assert address in error.evalue and "mnist_lesson/colab.py" in error.evalue and "upload" in error.evalue
     assert not nb.cells[2].outputs
     assert "torch" not in setup_source(f"mnist_lesson @ {address}").split("%pip install")[1].splitlines()[0]
+
+
+def test_every_notebook_installs_and_opens_the_pinned_release_not_a_branch() -> None:
+    """The checks a student runs are the checks graded: each setup cell installs the tag of this version."""
+    release = f"v{mnist_lesson.__version__}"
+    assert RELEASE == release and install_address().endswith(f"@{release}")
+    for path in NOTEBOOKS + [REPO / "instructor" / "exercises.ipynb"]:
+        nb = nbformat.read(path, as_version=4)
+        setup = next(cell.source for cell in nb.cells if cell.cell_type == "code")
+        if path.is_relative_to(REPO / "instructor"):  # the solutions' source has no Colab cells: run locally
+            assert "%pip install" not in setup
+            continue
+        assert f'%pip install -q "{install_address()}"' in setup, path.name
+        assert f"/blob/{release}/" in "".join(cell.source for cell in nb.cells[:2]), path.name
+    # pyproject.toml reads the version from the package, so the wheel, the tag and the notebooks name one version.
+    assert 'dynamic = ["version"]' in (REPO / "pyproject.toml").read_text(encoding="utf-8")
+
+
+def test_the_device_cell_reports_the_version_the_grader_reads() -> None:
+    import torch
+
+    note = runtime_note("01_first_network.ipynb", torch.device("cpu"))
+    assert note.startswith(f"mnist_lesson {mnist_lesson.__version__}, torch ")
+    assert reported_version(note) == mnist_lesson.__version__
+    assert reported_version("torch 2.2, running on cpu") is None and reported_version("mnist_lesson , torch") is None

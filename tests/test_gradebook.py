@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import mnist_lesson
 from mnist_lesson.config import UsageError
 from mnist_lesson.grading import gradebook as gb
 from mnist_lesson.grading import lms
@@ -207,3 +208,31 @@ def test_the_exports_match_keys_as_the_exercises_normalize_them(tmp_path: Path) 
     assert lms.unmatched({"Alice": 1, "bob": 2}, roster, "canvas") == ["bob"]
     assert lms.lms_student("smithalice_late_12345_1_x", roster)[0] == "alice"
     assert lms.lms_student("smithalice_12345_2_Bob_7_assignsubmission_file_x", roster)[0] == "alice"
+
+
+def test_every_row_carries_the_version_that_graded_it(tmp_path: Path) -> None:
+    out = tmp_path / "g.csv"
+    with gb.Gradebook(out, CHECKS, log=lambda m: None) as book:
+        book.record(rows("alice"))
+    header, *body = read_cells(out)
+    assert header[-1] == "version" and {line[-1] for line in body} == {mnist_lesson.__version__}
+
+
+def test_rows_of_an_older_grader_are_regraded_and_another_versions_are_named(tmp_path: Path) -> None:
+    out = tmp_path / "g.csv"
+    with gb.Gradebook(out, CHECKS, log=lambda m: None) as book:
+        book.record(rows("alice"))
+        book.record([Row(r.student, r.exercise, r.points, r.max_points, r.hints, r.message, "0.0.9")
+                     for r in rows("bob")])
+    logged: list[str] = []
+    with gb.Gradebook(out, CHECKS, log=logged.append) as again:
+        assert again.graded() == {"alice", "bob"}  # both signed by this grader: kept, and the older one named
+    assert any("graded by mnist_lesson 0.0.9" in line and "--redo" in line for line in logged), logged
+    # A gradebook from before the version column: its rows cannot be this grader's, so they are graded again.
+    lines = out.read_text(encoding="utf-8").splitlines()
+    out.write_text("\n".join(",".join(line.split(",")[:-1]) if i == 0 else line.rsplit(",", 1)[0]
+                             for i, line in enumerate(lines)) + "\n", encoding="utf-8")
+    logged.clear()
+    with gb.Gradebook(out, CHECKS, log=logged.append) as old:
+        assert old.graded() == set()
+    assert any("no version column" in line for line in logged), logged

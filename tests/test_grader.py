@@ -27,6 +27,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+import mnist_lesson
 from mnist_lesson.config import UsageError
 from mnist_lesson.grading import contract, gradebook, grader, sandbox
 from mnist_lesson.grading.contract import TOTAL, Checks
@@ -793,3 +794,17 @@ def test_the_real_exercises_end_to_end(real_checks: Checks, tmp_path: Path) -> N
                               "partly": (real_checks.full - full[names[0]], real_checks.full),
                               "forger": (0, real_checks.full), "stripped": (real_checks.full, real_checks.full)}
     assert all(book[("correct", name)]["hints"].isdigit() for name in names)
+
+
+def test_a_submission_that_ran_another_version_is_named() -> None:
+    def notebook(printed: str) -> nbformat.NotebookNode:
+        cell = nbformat.v4.new_code_cell("print(runtime_note(...))")
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed)]
+        return nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# title"), cell])
+
+    other = notebook("mnist_lesson 0.0.9, torch 2.2.0, running on cpu (1 threads)\n")
+    assert grader.version_note(other) is not None and "0.0.9" in grader.version_note(other)
+    assert mnist_lesson.__version__ in grader.version_note(other)
+    same = notebook(f"mnist_lesson {mnist_lesson.__version__}, torch 2.2.0, running on cpu\n")
+    assert grader.version_note(same) is None
+    assert grader.version_note(notebook("torch 2.2.0, running on cpu\n")) is None  # says nothing: nothing to compare

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import mnist_lesson
 from mnist_lesson.config import UsageError
 
 CHECKS_MODULE = "mnist_lesson.grading.exercises"
@@ -40,11 +41,12 @@ class Row:
     max_points: int
     hints: int | None
     message: str
+    version: str = mnist_lesson.__version__  # the mnist_lesson version of the grader that wrote the row
 
     def cells(self) -> list[object]:
         """Return the row's CSV cells, in the gradebook's column order, the message on one line."""
         return [self.student, self.exercise, self.points, self.max_points, "" if self.hints is None else self.hints,
-                " ".join(self.message.split())]
+                " ".join(self.message.split()), self.version]
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,12 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+import mnist_lesson
 from mnist_lesson.config import UsageError
 from mnist_lesson.grading.contract import TOTAL, Checks, Row, file_digest
 
-COLUMNS = ["student", "exercise", "points", "max_points", "hints", "message"]  # Row's fields, in order
+COLUMNS = ["student", "exercise", "points", "max_points", "hints", "message", "version"]  # Row's fields, in order
+_UNVERSIONED_COLUMNS = COLUMNS[:-1]  # gradebooks from before the version column (mnist_lesson 0.1.0)
 # A cell a spreadsheet would run as a formula (=, +, -, @, or a tab or line break first) is written with a leading
 # apostrophe, as OWASP advises; so is a cell that starts with an apostrophe, so that reading strips exactly one.
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "'")
@@ -264,7 +266,7 @@ class Gradebook:
         except csv.Error as exc:
             raise UsageError(f"{self.path} is not a gradebook ({exc}); choose another --out") from None
         header = records[0] if records else COLUMNS
-        if header not in (COLUMNS, _OLD_COLUMNS):
+        if header not in (COLUMNS, _UNVERSIONED_COLUMNS, _OLD_COLUMNS):
             raise UsageError(f"{self.path} is not a gradebook (its header is {header}, expected {COLUMNS}); choose "
                              "another --out")
         unreadable = 0
@@ -273,14 +275,21 @@ class Gradebook:
             try:
                 hints = item.get("hints", "")
                 row = Row(item["student"], item["exercise"], int(item["points"]), int(item["max_points"]),
-                          int(hints) if hints else None, item["message"])
+                          int(hints) if hints else None, item["message"], item.get("version", ""))
             except (KeyError, ValueError):
                 unreadable += 1
                 continue
             self.students.setdefault(row.student, []).append(row)
         if unreadable:
             self.log(f"{unreadable} unreadable row(s) in {self.path} were dropped; their students are graded again")
+        if header != COLUMNS and self.students:
+            self.log(f"{self.path} was written by a grader older than mnist_lesson {mnist_lesson.__version__} (no "
+                     "version column): its rows are not trusted and their students are graded again")
         self._verify(text)
+        others = sorted({row.version for rows in self.students.values() for row in rows} - {mnist_lesson.__version__})
+        if others:
+            self.log(f"some students in {self.path} were graded by mnist_lesson {', '.join(others)}, this grader is "
+                     f"{mnist_lesson.__version__}: their rows are kept (--redo grades them again with this one)")
 
     def complete(self, student: str) -> bool:
         """Return whether `student` has a full, consistent set of rows for the current exercises."""

@@ -35,6 +35,7 @@ from pathlib import Path
 import nbformat
 
 import mnist_lesson
+from mnist_lesson.colab import reported_version
 from mnist_lesson.config import SMOKE_ENV, UsageError
 from mnist_lesson.data import data_root, ensure_mnist
 from mnist_lesson.device import default_threads
@@ -450,6 +451,24 @@ def _run_answers(answers: list[tuple[str, str]], checks: Checks, key: str, limit
     return results, notes
 
 
+OTHER_VERSION = "the notebook ran mnist_lesson "  # how the warning about another package version starts
+
+
+def version_note(nb: nbformat.NotebookNode) -> str | None:
+    """Return a warning when the submission's stored outputs report another mnist_lesson version than the grader's."""
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        text = "".join(str(out.get("text", "")) for out in cell.get("outputs", []) if isinstance(out, dict))
+        ran = reported_version(text)
+        if ran is not None:
+            return None if ran == mnist_lesson.__version__ else (
+                f"{OTHER_VERSION}{ran[:40]}, but it was graded with {mnist_lesson.__version__}: the "
+                "checks the student saw may differ from these (the notebook's setup cell installs the release "
+                "named in mnist_lesson/colab.py)")
+    return None
+
+
 def _same_for_all(checks: Checks, student: str, message: str, hints: Mapping[str, int] | None = None) -> list[Row]:
     rows = [Row(student, ex.name, 0, ex.max_points, None if hints is None else hints[ex.name], message)
             for ex in checks.exercises]
@@ -487,7 +506,8 @@ def grade_notebook(path: Path, student: str | None = None, checks: Checks | None
     rows = [Row(student, ex.name, results[ex.name][0], ex.max_points, None if hints is None else hints[ex.name],
                 results[ex.name][1]) for ex in checks.exercises]
     total_hints = None if hints is None else sum(hints.values())
-    message = "; ".join(notes + grading_notes) or "ran without errors"
+    version = version_note(nb)
+    message = "; ".join(notes + grading_notes + ([version] if version else [])) or "ran without errors"
     return rows + [Row(student, TOTAL, sum(r.points for r in rows), checks.full, total_hints, message)]
 
 
@@ -588,6 +608,11 @@ def grade_folder(submissions: Path, gradebook: Path, limits: GradingLimits = Gra
         full = sum(p == m for p, m in summary.totals.values())
         log(f"graded {len(summary.totals)} notebook(s): mean {mean:.2f} of {checks.full} points, {full} with full "
             f"marks; {gradebook}, {book.wide}, feedback in {book.feedback}/")
+    rows_of = book.students
+    if other := sorted(s for s in summary.totals if s in rows_of and OTHER_VERSION in rows_of[s][-1].message):
+        log(f"warning: {len(other)} notebook(s) ran another mnist_lesson version than this grader's "
+            f"{mnist_lesson.__version__}: {', '.join(other[:10])}{' ...' if len(other) > 10 else ''} (their feedback "
+            "says which); their checks may differ from what the student saw")
     if summary.failed:
         log(f"{len(summary.failed)} notebook(s) could not be graded because of the grader ({', '.join(summary.failed)})"
             "; nothing was recorded for them: run again to retry")
