@@ -1,6 +1,7 @@
 """Benchmark: how long the grader takes per submission with one and with two kernels at once, side by side.
 
-    python benchmarks/grading.py [--copies 100] [--jobs 1 2] [--timeout 120] [--notebook FILE] [--out FILE]
+    python benchmarks/grading.py [--copies 100] [--jobs 1 2] [--isolation none namespaces] [--timeout 120]
+                                 [--notebook FILE] [--out FILE]
 
 The submissions are copies of a mixed set built from the solution notebook (instructor/exercises.ipynb, or
 notebooks/exercises.ipynb before it moved): a correct one, a partly right one (its first answer emptied), one
@@ -8,8 +9,11 @@ that raises (an extra cell `1 / 0`) and an invalid file, in turn, each named by 
 key set to its file name). One untimed submission first warms the imports and caches; then every jobs setting
 grades the same folder into a fresh gradebook in this one run, so the times compare on the same machine and
 load. The table gives wall time and seconds per submission, with the points each kind got as a check that the
-grading was real. The grader always runs notebooks in smoke mode, so this benchmark does not care whether
-MNIST_LESSON_SMOKE is set. Results go to mnist_lesson/evidence/grading_times.json, keyed by the machine.
+grading was real. With several --isolation modes, every (mode, jobs) pair grades the same folder in this run, so
+the cost of isolating each kernel (its own namespaces, a tmpfs over the grader's files, a private package copy) is
+measured against no isolation side by side. The grader always runs notebooks in smoke mode, so this benchmark
+does not care whether MNIST_LESSON_SMOKE is set. Results go to mnist_lesson/evidence/grading_times.json, keyed by
+the machine.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=100, help="submissions in the folder (default 100)")
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2], help="kernels at once to compare (1 2)")
+    parser.add_argument("--isolation", nargs="+", default=["none"], choices=["none", "namespaces"],
+                        help="isolation modes to compare (default: none)")
     parser.add_argument("--timeout", type=float, default=120, help="the grader's --timeout (default 120)")
     parser.add_argument("--notebook", type=Path, default=default_notebook(), help="the solution notebook")
     parser.add_argument("--checks", default=CHECKS_MODULE, help="the checks module (tests use a stand-in)")
@@ -74,8 +80,8 @@ def main() -> int:
     solution = nbformat.read(args.notebook, as_version=4)
     machine = f"{where(torch.device('cpu'))}, {os.cpu_count()} cores"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"grading {args.copies} submissions ({', '.join(KINDS)} in turn) with {args.jobs} kernel(s) at once on "
-          f"{machine}; load average {load:.2f} at the start", flush=True)
+    print(f"grading {args.copies} submissions ({', '.join(KINDS)} in turn) with {args.jobs} kernel(s) at once, "
+          f"isolation {args.isolation}, on {machine}; load average {load:.2f} at the start", flush=True)
     runs = []
     with tempfile.TemporaryDirectory(prefix="grading-benchmark-") as tmp:
         folder = Path(tmp) / "submissions"
@@ -88,28 +94,33 @@ def main() -> int:
         warm = Path(tmp) / "warm-up"
         warm.mkdir()
         (warm / "correct-warm.ipynb").write_text(submission(solution, "correct", "correct-warm", checks))
-        grader.grade_folder(warm, Path(tmp) / "warm-up.csv", grader.GradingLimits(timeout=args.timeout), checks=checks,
-                            check_data=not args.no_data_check, log=lambda message: None)
-        for jobs in args.jobs:
-            start = time.perf_counter()
-            summary = grader.grade_folder(folder, Path(tmp) / f"grades-jobs{jobs}.csv",
-                                          grader.GradingLimits(timeout=args.timeout), jobs=jobs, checks=checks,
-                                          check_data=not args.no_data_check, log=lambda message: None)
-            wall = time.perf_counter() - start
-            points = {kind: statistics.mean(p for s, (p, _) in summary.totals.items() if s.startswith(kind))
-                      for kind in KINDS if any(s.startswith(kind) for s in summary.totals)}
-            runs.append({"jobs": jobs, "submissions": args.copies, "wall_s": round(wall, 1),
-                         "s_per_submission": round(wall / args.copies, 2), "graded": len(summary.totals),
-                         "failed": len(summary.failed), "mean_points": points, "max_points": checks.full})
-            print(f"  jobs {jobs}: {wall:.1f} s (load average {os.getloadavg()[0]:.2f} at the end)", flush=True)
+        for mode in args.isolation:
+            grader.grade_folder(warm, Path(tmp) / f"warm-up-{mode}.csv", grader.GradingLimits(timeout=args.timeout),
+                                checks=checks, check_data=not args.no_data_check, isolation=mode,
+                                log=lambda message: None)
+        for mode in args.isolation:
+            for jobs in args.jobs:
+                start = time.perf_counter()
+                summary = grader.grade_folder(folder, Path(tmp) / f"grades-{mode}-jobs{jobs}.csv",
+                                              grader.GradingLimits(timeout=args.timeout), jobs=jobs, checks=checks,
+                                              check_data=not args.no_data_check, isolation=mode,
+                                              log=lambda message: None)
+                wall = time.perf_counter() - start
+                points = {kind: statistics.mean(p for s, (p, _) in summary.totals.items() if s.startswith(kind))
+                          for kind in KINDS if any(s.startswith(kind) for s in summary.totals)}
+                runs.append({"isolation": mode, "jobs": jobs, "submissions": args.copies, "wall_s": round(wall, 1),
+                             "s_per_submission": round(wall / args.copies, 2), "graded": len(summary.totals),
+                             "failed": len(summary.failed), "mean_points": points, "max_points": checks.full})
+                print(f"  isolation {mode}, jobs {jobs}: {wall:.1f} s (load average {os.getloadavg()[0]:.2f} at the "
+                      "end)", flush=True)
     base = runs[0]["wall_s"]
-    print(f"\n| jobs | submissions | wall s | s/submission | vs jobs {runs[0]['jobs']} | mean points "
+    print(f"\n| isolation | jobs | submissions | wall s | s/submission | vs the first row | mean points "
           f"({', '.join(KINDS)}) of {checks.full} |")
-    print("|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---|")
     for run in runs:
         means = ", ".join(f"{run['mean_points'].get(kind, float('nan')):.1f}" for kind in KINDS)
-        print(f"| {run['jobs']} | {run['submissions']} | {run['wall_s']:.1f} | {run['s_per_submission']:.2f} | "
-              f"{base / run['wall_s']:.2f}x | {means} |")
+        print(f"| {run['isolation']} | {run['jobs']} | {run['submissions']} | {run['wall_s']:.1f} | "
+              f"{run['s_per_submission']:.2f} | {base / run['wall_s']:.2f}x | {means} |")
     print(f"\non {machine}")
     with locked(args.out):
         record_grading_times(machine, runs, args.out)

@@ -739,7 +739,8 @@ def test_the_grading_benchmark_runs(tmp_path: Path, fake_checks: Checks) -> None
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())
     runs = next(iter(result.values()))
-    assert [r["jobs"] for r in runs] == [1, 2] and all(r["submissions"] == 4 for r in runs)
+    assert [(r["isolation"], r["jobs"]) for r in runs] == [("none", 1), ("none", 2)]
+    assert all(r["submissions"] == 4 for r in runs)
     assert "s/submission" in done.stdout and "cpu" in done.stdout
 
 

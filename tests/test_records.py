@@ -239,9 +239,18 @@ def test_grading_table_gives_per_submission_times_speed_up_and_points(tmp_path: 
     record_grading_times("cpu (test)", runs, path)
     assert read_grading_times(path) == {"cpu (test)": runs}
     table = grading_table(read_grading_times(path))
-    assert "| cpu (test) | 1 | 4 | 1.0 | 15.00 | 1.00x | 29.0, 28.0, 29.0, 0.0 of 29 |" in table
-    assert "| cpu (test) | 2 | 4 | 0.7 | 10.00 | 1.50x |" in table
+    before = "| cpu (test) | none (before isolation existed) |"
+    assert f"{before} 1 | 4 | 1.0 | 15.00 | 1.00x | 29.0, 28.0, 29.0, 0.0 of 29 |" in table
+    assert "| cpu (test) | none (before isolation existed) | 2 | 4 | 0.7 | 10.00 | 1.50x |" in table
     assert "2 kernel(s) at once grade a class of 300 in about 50 minutes on cpu (test)" in table
+    # Side by side with isolation: the closing sentence speaks for the grader's default, the isolated kernels.
+    isolated = [{**run, "isolation": mode, "wall_s": run["wall_s"] * factor,
+                 "s_per_submission": run["wall_s"] * factor / 4}
+                for mode, factor in (("none", 1.0), ("namespaces", 1.2)) for run in runs]
+    record_grading_times("cpu (test)", isolated, path)
+    table = grading_table(read_grading_times(path))
+    assert "| cpu (test) | namespaces | 2 | 4 | 0.8 | 12.00 | 1.25x |" in table
+    assert "2 kernel(s) at once each in its own namespaces grade a class of 300 in about 60 minutes" in table
 
 
 def test_seed_groups_table_splits_the_claim_by_seeds(tmp_path: Path) -> None:
