@@ -152,6 +152,24 @@ class Recipe:
         return [f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
                 for name, value in mine.items() if value != theirs[name]]
 
+    def acting_fields(self) -> dict[str, Any]:
+        """Return the fields that act on training, as {"name": value} with the augmentation's as "augment.NAME".
+
+        Left out: fields the schedule ignores (momentum under one-cycle, which cycles it itself; step_size and gamma
+        unless the schedule is "step"; warmup unless it is "onecycle") and switches that are off (nesterov=False,
+        weight_decay=0, no rotation or shift, ema=0). Introduced in notebook 07."""
+        inert = {"momentum"} if self.schedule == "onecycle" else set()
+        inert |= set() if self.schedule == "step" else {"step_size", "gamma"}
+        inert |= set() if self.schedule == "onecycle" else {"warmup"}
+        return {name: value for name, value in _flat(self.to_dict()).items()
+                if name not in inert and not (name in _OFF_WHEN_FALSY and not value)}
+
+    def describe(self) -> str:
+        """Return the recipe as its acting fields, "epochs=15, batch_size=64, ..." (what a notebook prints)."""
+        text = ", ".join(f"{name}={value:g}" if isinstance(value, float) else f"{name}={value}"
+                         for name, value in self.acting_fields().items())
+        return text + ("; momentum cycled between 0.85 and 0.95 by one-cycle" if self.schedule == "onecycle" else "")
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
         """Rebuild a recorded recipe: fields it lacks take today's defaults, older spellings are read too."""
@@ -188,6 +206,8 @@ def _flat(recipe: dict[str, Any]) -> dict[str, Any]:
 # Fields that recipes recorded before they moved to Speed, and the old names of the augmentation settings.
 _EXECUTION_FIELDS = ("data", "eval_batch_size", "channels_last")
 _LEGACY_AUGMENT = {"rotate_degrees": "rotation", "translate": "shift"}
+# Fields whose off value (False, 0) switches their effect off: `Recipe.acting_fields` leaves them out when off.
+_OFF_WHEN_FALSY = ("nesterov", "weight_decay", "augment.rotation", "augment.shift", "ema")
 
 
 # --- how a run executes ---------------------------------------------------------------------------------

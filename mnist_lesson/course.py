@@ -71,11 +71,19 @@ LESSONS: tuple[Lesson, ...] = (
            models=("final",), studies=("ablation",),
            evidence=("steps/final.json", "seeds_final.json", "design_runs.jsonl")),
     Lesson("08_parameter_ladder.ipynb",
-           "beyond the assignment: depthwise-separable convolutions under 8,000 and 5,000 parameters and the "
-           "stretch under 3,762, against the public results",
+           "beyond the assignment: depthwise-separable convolutions, and a ladder of rungs under 8,000 and 5,000 "
+           "parameters and the stretch under 3,762, each judged on several seeds, against the public results",
            "parameters per layer of the smallest rung, its RF on a digit, the ladder against the public results",
-           models=("under8k", "under5k", "under3762"), studies=("ladder5k", "ladder8k"),
+           models=("under8k", "under5k", "under3762"),
+           evidence=("seeds_final.json", "seeds_under8k.json", "seeds_under5k.json", "seeds_under3762.json")),
+    Lesson("09_appendix_evidence.ipynb",
+           "appendix, not a lesson (the lessons do not need it): the provenance behind notebook 08's ladder: the "
+           "lever studies on the validation split, every seed file by when and where it ran, the first trials "
+           "(judged on the test set), and how the recipes came to be",
+           "none: tables only",
+           studies=("ladder5k", "ladder8k"),
            evidence=("seeds_under8k.json", "seeds_under5k.json", "seeds_under3762.json",
+                     "seeds_under8k_ladder_recipe.json", "seeds_under5k_ladder_recipe.json",
                      "legacy/ladder_trials_test_judged.jsonl", "design_runs.jsonl")),
 )
 

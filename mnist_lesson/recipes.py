@@ -34,12 +34,13 @@ LADDER_RECIPE = FINAL_RECIPE.with_overrides(batch_size=32)
 
 
 # under8k fell short on 1 of 10 seeds with the ladder recipe (a one-epoch dip). Its recipe is the one its lever
-# study chose on the validation split (the study "ladder8k" in mnist_lesson.studies, notebook 08), then verified
-# on seeds 0-9.
+# study chose on the validation split (the study "ladder8k" in mnist_lesson.studies, shown in notebook 09), then
+# verified on seeds 0-9.
 UNDER8K_RECIPE = LADDER_RECIPE.with_overrides(ema=0.999)
 
 # under5k fell short on 2 of 10 seeds with the ladder recipe. Its recipe is the one the lever study chose on the
-# validation split (the study "ladder5k" in mnist_lesson.studies, notebook 08), then verified on seeds 0-9.
+# validation split (the study "ladder5k" in mnist_lesson.studies, shown in notebook 09), then verified on seeds
+# 0-9.
 UNDER5K_RECIPE = LADDER_RECIPE.with_overrides(ema=0.999, augment=Augment(rotation=7.0, shift=0.05))
 
 # Every registered model (mnist_lesson.models.MODELS, in the same order) -> the recipe it trains with by default.
@@ -72,7 +73,7 @@ def get_recipe(name: str) -> Recipe:
 ABLATION_AUGMENT = Augment(rotation=7.0, shift=0.1)  # rotate up to 7 degrees, shift up to 10%
 ABLATION_ONECYCLE = dict(lr=0.1, nesterov=True, schedule="onecycle")  # changes: one-cycle to lr 0.1, Nesterov
 
-# The ladder's lever studies (notebook 08): the first lever of both rungs evaluates a moving average of the weights.
+# The ladder's lever studies (notebook 09): the first lever of both rungs evaluates a moving average of the weights.
 LADDER_EMA_RECIPE = LADDER_RECIPE.with_overrides(ema=0.999)
 
 

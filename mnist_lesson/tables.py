@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mnist_lesson.config import LAST_EPOCHS, TARGET
+from mnist_lesson.config import LAST_EPOCHS, TARGET, Recipe
 from mnist_lesson.models import MODELS, get_model
 from mnist_lesson.receptive_field import layer_table
 from mnist_lesson.records import (
@@ -70,6 +70,55 @@ def seed_runs_table(files: Sequence[SeedsFile]) -> str:
 def ladder_table(summaries: Sequence[SeedsSummary]) -> str:
     """Return the summary of multi-seed files, largest model first: seeds passing, worst epoch."""
     return seeds_table(sorted(summaries, key=lambda s: -s.params))
+
+
+# How a change to a recipe reads in a table (notebook 08); a field not listed here reads as "name=value".
+_CHANGE_WORDS = {
+    "batch_size": lambda value: f"batches of {value}",
+    "ema": lambda value: f"a moving average of the weights evaluated (decay {value:g})",
+    "augment.shift": lambda value: f"shifts of up to {value:.0%}",
+    "augment.rotation": lambda value: f"rotations of up to {value:g} degrees",
+}
+
+
+def recipe_in_words(recipe: Recipe, base: Recipe, base_name: str) -> str:
+    """Return `recipe` in words against `base`: "the ladder recipe", or "the ladder recipe with batches of 64"."""
+    changes = [item.split("=", 1) for item in recipe.changes_from(base)]
+    words = [_CHANGE_WORDS[name](getattr(recipe.augment, name[8:]) if name.startswith("augment.")
+                                 else getattr(recipe, name)) if name in _CHANGE_WORDS else f"`{name}={value}`"
+             for name, value in changes]
+    return f"the {base_name}" + (f" with {', '.join(words)}" if words else "")
+
+
+def _seed_span(seeds: Sequence[int]) -> str:
+    seeds = sorted(seeds)
+    return f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ", ".join(map(str, seeds))
+
+
+def seeds_verdict(summary: SeedsSummary) -> str:
+    """Return a multi-seed verdict in words: "holds on every one of seeds 0-9", or "falls short on seed 19 (99.39) of
+    seeds 0-19": each seed that falls short with the lowest of its last epochs."""
+    short = {seed: low for seed, low in sorted(summary.seed_mins.items()) if low < TARGET}
+    span = _seed_span(list(summary.last_accs))
+    if not short:
+        return f"holds on every one of seeds {span}"
+    if len(short) == len(summary.last_accs):
+        return f"falls short on every one of seeds {span} ({_accs(list(short.values()))})"
+    where = ", ".join(f"{seed} ({low:.2f})" for seed, low in short.items())
+    return f"falls short on seed{'s' if len(short) > 1 else ''} {where} of seeds {span}"
+
+
+def rungs_table(summaries: Sequence[SeedsSummary], limits: Mapping[str, int], recipes: Mapping[str, Recipe],
+                base: Recipe, base_name: str) -> str:
+    """Return the ladder in one table (notebook 08): per model its parameters against its limit, its recipe in words
+    and its multi-seed verdict."""
+    rows = [f"| model | parameters (limit) | recipe | seeds with all last {LAST_EPOCHS} epochs >= {TARGET:.2f} "
+            "| verdict |", "|---|---:|---|---:|---|"]
+    for s in summaries:
+        rows.append(f"| `{s.model}` | {s.params:,} ({limits[s.model]:,}) "
+                    f"| {recipe_in_words(recipes[s.model], base, base_name)} | {s.passing} of {len(s.last_accs)} "
+                    f"| {seeds_verdict(s)} |")
+    return "\n".join(rows)
 
 
 def trials_table(trials: Sequence[Trial]) -> str:

@@ -1,4 +1,4 @@
-"""docs/contributing.md's walk-through, followed on a throw-away copy: a model `nine` and a notebook 09.
+"""docs/contributing.md's walk-through, followed on a throw-away copy: a model `nine` and a notebook 10.
 
 The code the walk-through shows is taken from the page itself and put where it says, so the page and the
 code cannot drift apart. Everything runs in subprocesses that import the copy's package, not the checkout's.
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow  # copies the repository and starts a few Pythons 
 
 def walkthrough_blocks() -> list[str]:
     """The walk-through's Python blocks, in order: the recipe entry, the model, the manifest entry."""
-    section = PAGE.read_text().split("## Adding a model and a notebook 09")[1].split("\n## ")[0]
+    section = PAGE.read_text().split("## Adding a model and a notebook 10")[1].split("\n## ")[0]
     return [textwrap.dedent(block) for block in re.findall(r"```python\n(.*?)\n\s*```", section, re.DOTALL)]
 
 
@@ -41,7 +41,7 @@ def run(copy: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, *args], cwd=copy, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_the_walkthrough_adds_a_model_and_a_notebook_09(tmp_path: Path) -> None:
+def test_the_walkthrough_adds_a_model_and_a_notebook_10(tmp_path: Path) -> None:
     copy = tmp_path / "repo"
     (copy / ".ci").mkdir(parents=True)
     shutil.copy(REPO / ".ci" / "run", copy / ".ci" / "run")
@@ -63,18 +63,18 @@ def test_the_walkthrough_adds_a_model_and_a_notebook_09(tmp_path: Path) -> None:
     assert "4,220" in row and "onecycle" in row
 
     # Step 3: the notebook, not yet in the manifest: the check the tests run names it.
-    shutil.copy(copy / "notebooks" / "08_parameter_ladder.ipynb", copy / "notebooks" / "09_nine.ipynb")
+    shutil.copy(copy / "notebooks" / "08_parameter_ladder.ipynb", copy / "notebooks" / "10_nine.ipynb")
     before = run(copy, "-c", "from pathlib import Path; from mnist_lesson.course import check_series; "
                               "print(check_series(Path('.')))")
     assert before.returncode == 0, before.stderr
-    assert "notebooks/09_nine.ipynb is not listed in mnist_lesson/course.py" in before.stdout
+    assert "notebooks/10_nine.ipynb is not listed in mnist_lesson/course.py" in before.stdout
 
     # Steps 4 and 5: the manifest entry, then the README's table rendered from it.
     insert_before_end(copy / "mnist_lesson" / "course.py", "LESSONS: tuple[Lesson, ...] = (", "\n)\n",
                       textwrap.indent(lesson, "    "))
     rendered = run(copy, "benchmarks/readme_tables.py")
     assert rendered.returncode == 0, rendered.stderr
-    assert "| `09_nine.ipynb` | a rung narrower than under5k |" in (copy / "README.md").read_text()
+    assert "| `10_nine.ipynb` | a rung narrower than under5k |" in (copy / "README.md").read_text()
 
     # Step 6: the fast tests of the manifest, the recipes and the README pass with the new entries.
     after = run(copy, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-m", "not slow",

@@ -60,9 +60,9 @@ def _copy_of_the_series(tmp_path: Path) -> Path:
 
 def test_a_notebook_missing_from_the_manifest_is_named(tmp_path: Path) -> None:
     repo = _copy_of_the_series(tmp_path)
-    shutil.copy(repo / "notebooks" / LESSONS[-1].notebook, repo / "notebooks" / "09_more.ipynb")
+    shutil.copy(repo / "notebooks" / LESSONS[-1].notebook, repo / "notebooks" / f"{len(LESSONS):02d}_more.ipynb")
     (problem,) = check_series(repo)
-    assert "notebooks/09_more.ipynb is not listed in mnist_lesson/course.py" in problem
+    assert f"notebooks/{len(LESSONS):02d}_more.ipynb is not listed in mnist_lesson/course.py" in problem
 
 
 def test_a_listed_notebook_missing_from_disk_is_named(tmp_path: Path) -> None:

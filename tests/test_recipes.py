@@ -54,6 +54,38 @@ def test_the_studies_pieces_add_up_to_the_recipes_they_lead_to() -> None:
     assert LADDER_EMA_RECIPE.changes_from(LADDER_RECIPE) == ["ema=0.999"]
 
 
+def test_a_recipe_describes_itself_by_the_fields_that_act() -> None:
+    assert FINAL_RECIPE.acting_fields() == {
+        "epochs": 15, "batch_size": 64, "lr": 0.1, "nesterov": True, "schedule": "onecycle", "warmup": 0.3,
+        "augment.rotation": 7.0, "augment.shift": 0.1}
+    assert UNDER5K_RECIPE.acting_fields()["ema"] == 0.999 and "ema" not in LADDER_RECIPE.acting_fields()
+    assert get_recipe("assignment").describe() == "epochs=19, batch_size=128, lr=0.01, momentum=0.9, schedule=constant"
+    step = Recipe(schedule="step", weight_decay=1e-4)
+    assert step.describe() == ("epochs=15, batch_size=128, lr=0.01, momentum=0.9, weight_decay=0.0001, schedule=step, "
+                               "step_size=6, gamma=0.1")
+    assert FINAL_RECIPE.describe().endswith("; momentum cycled between 0.85 and 0.95 by one-cycle")
+
+
+@pytest.mark.parametrize("schedule", ["constant", "onecycle", "step"])
+def test_the_fields_a_description_leaves_out_change_nothing_in_training(schedule: str) -> None:
+    """Each field `acting_fields` leaves out, changed, gives the same rates and momenta step after step (the
+    optimizer and schedule as torch runs them are the reference)."""
+    base = Recipe(schedule=schedule, lr=0.1)
+    shown = base.acting_fields()
+    others = {"momentum": 0.5, "step_size": 2, "gamma": 0.5, "warmup": 0.6}
+
+    def trace(recipe: Recipe) -> tuple[list[float], list[float | None]]:
+        optimizer, steps = make_optimizer(nn.Linear(2, 1), recipe, steps_per_epoch=5, epochs=8)
+        for _ in range(40):  # past the step schedule's first decay (6 epochs of 5 steps)
+            optimizer.step()
+            steps.step()
+        return steps.lrs, steps.momentums
+
+    for name, value in others.items():
+        changed = trace(base.with_overrides(**{name: value})) != trace(base)
+        assert changed == (name in shown), f"{name} under {schedule}"
+
+
 @pytest.mark.parametrize(("schedule", "kind"), [("onecycle", "OneCycleLR"), ("step", "StepLR")])
 def test_recipe_schedules(schedule: str, kind: str) -> None:
     model = get_model("assignment")

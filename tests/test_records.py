@@ -390,6 +390,29 @@ def test_the_unseen_seeds_verdict_counts_only_the_seeds_that_ran() -> None:
     assert "`under8k` has not run any of them yet." in unseen_seeds_verdict([none], range(10, 20))
 
 
+def test_the_ladder_table_states_each_verdict_and_recipe_in_words() -> None:
+    from mnist_lesson.recipes import FINAL_RECIPE, RECIPES
+    from mnist_lesson.records import SeedsSummary
+    from mnist_lesson.tables import recipe_in_words, rungs_table, seeds_verdict
+
+    held = SeedsSummary("final", 18152, 15, {0: (99.5, 99.5, 99.5), 1: (99.4, 99.45, 99.5)}, "cpu")
+    one_short = SeedsSummary("under5k", 4832, 15, {0: (99.5,) * 3, 1: (99.5,) * 3, 3: (99.40, 99.31, 99.34)}, "cpu")
+    all_short = SeedsSummary("under3762", 3736, 15, {0: (99.35,) * 3, 1: (99.5, 99.2, 99.5)}, "cpu")
+    assert seeds_verdict(held) == "holds on every one of seeds 0-1"
+    assert seeds_verdict(one_short) == "falls short on seed 3 (99.31) of seeds 0, 1, 3"
+    assert seeds_verdict(all_short) == "falls short on every one of seeds 0-1 (99.35, 99.20)"
+    assert recipe_in_words(RECIPES["final"], FINAL_RECIPE, "final recipe") == "the final recipe"
+    assert recipe_in_words(RECIPES["under5k"], FINAL_RECIPE, "final recipe") == (
+        "the final recipe with batches of 32, a moving average of the weights evaluated (decay 0.999), shifts of up "
+        "to 5%")
+    assert recipe_in_words(FINAL_RECIPE.with_overrides(lr=0.05), FINAL_RECIPE, "final recipe") == \
+        "the final recipe with `lr=0.05`"
+    rows = rungs_table([held, one_short], {"final": 20_000, "under5k": 5_000}, RECIPES, FINAL_RECIPE,
+                       "final recipe").splitlines()
+    assert rows[2] == "| `final` | 18,152 (20,000) | the final recipe | 2 of 2 | holds on every one of seeds 0-1 |"
+    assert rows[3].endswith("| 2 of 3 | falls short on seed 3 (99.31) of seeds 0, 1, 3 |")
+
+
 def test_runs_label_names_each_group_of_seeds_with_its_own_device() -> None:
     runs = [{"seed": 0, "device": "cpu (1 threads)"}, {"seed": 1, "device": "cpu (1 threads)"},
             {"seed": 2, "device": "cpu (EPYC)", "code": "git a"}, {"seed": 3, "device": "cpu (EPYC)", "code": "git b"},
