@@ -262,6 +262,31 @@ class LadderNet(nn.Module):
         return torch.log_softmax(self.head(self.features(x)).flatten(1), dim=1)
 
 
+class BlocksNet(nn.Module):
+    """Notebook 08's appendix: the smallest public layout at 99.4% as one design of a lever study (issue 26).
+
+    Blocks of `convs_per_block` padded 3x3 conv blocks (conv -> ReLU -> BatchNorm), one block per width, a 2x2
+    max-pool between blocks, then global average pooling and a 1x1 conv to the classes. widths=(4, 8, 8) is the
+    public 3,762-parameter model's layout, here without its conv biases (3,692 parameters).
+    """
+
+    def __init__(self, widths: tuple[int, ...], convs_per_block: int = 3) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = 1
+        for i, width in enumerate(widths):
+            if i:
+                layers.append(nn.MaxPool2d(2))
+            for _ in range(convs_per_block):
+                layers.append(conv_block(channels, width, padding=1))
+                channels = width
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 10, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.head(self.features(x)).flatten(1), dim=1)
+
+
 @register("under8k", UNDER8K_RECIPE)
 def under8k_net() -> nn.Module:
     """Return the ladder's first rung (6,920 parameters): depthwise-separable convolutions after the first."""

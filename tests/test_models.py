@@ -130,3 +130,13 @@ def test_separable_block_is_a_per_channel_3x3_then_a_1x1_mix() -> None:
     assert pointwise.weight.shape == (16, 8, 1, 1)
     assert count_parameters(block) == 9 * 8 + 8 * 16 + 2 * 16
     assert block(torch.zeros(2, 8, 10, 10)).shape == (2, 16, 8, 8)
+
+
+def test_the_public_layout_is_rebuilt_without_its_conv_biases() -> None:
+    """Issue 26's lever study compares the smallest public layout at 99.4% (3,762 parameters with conv biases)."""
+    from mnist_lesson.models import BlocksNet
+
+    model = BlocksNet((4, 8, 8))
+    assert count_parameters(model) == 3_692  # 3,762 minus the 70 biases of its nine convs and its head
+    assert sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in model.modules()) == 9
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

