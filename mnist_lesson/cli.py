@@ -141,7 +141,7 @@ def _train(args: argparse.Namespace) -> int:
     params = count_parameters(get_model(args.model))
     run = new_run_folder(args.out, f"{args.model}-s{args.seed}")  # before training: a bad --out fails now
     print(f"model {args.model}: {params:,} parameters")
-    print(f"recipe: {recipe}")
+    print(f"recipe: {recipe.describe()}")
     print(f"training on {describe_device(device)} with seed {args.seed}"
           f"{f', smoke mode: {SMOKE_LIMITS.epochs} epoch of {SMOKE_LIMITS.train_batches} batches' if smoke else ''}"
           f"; {speed}", flush=True)
