@@ -50,13 +50,21 @@ def test_the_ablation_changes_one_thing_at_a_time_and_ends_at_the_final_model() 
     assert get_design("ablation", "head32").build().head[1][0].out_channels == 32
     assert isinstance(get_design("ablation", "assignment-final-recipe").build(), AssignmentNet)
     assert isinstance(get_design("ablation", "gap-final-recipe").build(), StepNet)
-    # The controls under the final recipe: 06's model at the final dropout rate, and the final model without dropout.
-    gap05, no_dropout = get_design("ablation", "gap-dropout05-final-recipe"), get_design("ablation", "final-no-dropout")
-    assert gap05.recipe == no_dropout.recipe == get_recipe("final")
+
+
+def test_the_controls_split_the_last_step_and_ran_on_one_machine() -> None:
+    """06's model and the final model under the final recipe, 06's at the final dropout rate, and the final model
+    without dropout: every one of their runs on the same machine, so the differences are not the machine's."""
+    gap, gap05, final, no_dropout = (get_design("controls", key) for key in (
+        "gap-final-recipe-rerun", "gap-dropout05-final-recipe", "final-rerun", "final-no-dropout"))
+    assert gap.recipe == gap05.recipe == final.recipe == no_dropout.recipe == get_recipe("final")
+    assert str(gap.build()) == str(get_model("gap")) and str(final.build()) == str(get_model("final"))
     assert str(gap05.build()) == str(get_model("gap")).replace("p=0.1", "p=0.05")
     assert str(no_dropout.build()) != str(get_model("final")) and "Dropout" not in str(no_dropout.build())
     assert count_parameters(gap05.build()) == count_parameters(get_model("gap"))
     assert count_parameters(no_dropout.build()) == count_parameters(get_model("final"))
+    machines = {run["device"] for run in RUNS if run["key"] in {d.key for d in STUDIES["controls"]}}
+    assert len(machines) == 1, machines
 
 
 # What each lever study changes, design after design; a rung without a study keeps the ladder recipe.
