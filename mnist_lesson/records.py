@@ -125,8 +125,9 @@ def describe_result(history: History) -> str:
             last = ", ".join(f"{a:.2f}" for a in accs[-LAST_EPOCHS:])
             lines.append(f"{name} accuracy: best {max(accs):.2f}%, last {LAST_EPOCHS} epochs {last}%")
     last = history.epochs[-1]
-    lines.append(f"train (running, train mode) minus test accuracy in the last epoch: "
-                 f"{last['train_acc'] - last['test_acc']:+.2f} points")
+    against = "val" if "val_acc" in last else "test"  # the gap a lesson reads is against the split it judges on
+    lines.append(f"train (running, train mode) minus {'validation' if against == 'val' else 'test'} accuracy in "
+                 f"the last epoch: {last['train_acc'] - last[f'{against}_acc']:+.2f} points")
     holds = claim_holds(history.column("test_acc"))
     lines.append(f"every one of the last {LAST_EPOCHS} epochs >= {TARGET:.2f}% on the test set: "
                  f"{'yes' if holds else 'no'}")
