@@ -204,3 +204,32 @@ def test_the_memory_limit_is_set_in_mode_none_too() -> None:
                            "print(sandbox.apply_limits()['memory'], resource.getrlimit(resource.RLIMIT_DATA)[0])"],
                           capture_output=True, text=True, check=True).stdout.split()
     assert held == ["True", str(isolation.MAX_MEMORY_BYTES)]
+
+
+def test_a_mount_that_refuses_read_only_is_hidden_or_isolation_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No mount is left writable: one that refuses a read-only remount gets an empty read-only tmpfs over it, and
+    one that refuses both stops the kernel before it starts (the kernel interfaces under /sys and /dev excepted)."""
+    mounts = [("/", 0), ("/proc", 0), ("/tmp", 0), ("/tmp/inner", 0), ("/data", 0), ("/sys/fs/cgroup", 0),
+              ("/dev/pts", 0)]
+    calls: list[tuple[str | None, str, str | None]] = []
+
+    def fake_mount(source, target, fstype, flags, data=None):  # noqa: ANN001, ANN202 (stands in for libc's mount)
+        calls.append((source, target, fstype))
+        refuses = {"/tmp", "/tmp/inner", "/sys/fs/cgroup", "/dev/pts", "/data"}
+        if source is None and flags & isolation._MS_RDONLY and target in refuses and fstype is None \
+                and not any(s == "tmpfs" and t == target for s, t, _ in calls):
+            raise isolation.IsolationError(f"mount {target}: refused")
+
+    monkeypatch.setattr(isolation, "_mounts", lambda: mounts)
+    monkeypatch.setattr(isolation, "_mount", fake_mount)
+    assert isolation._all_read_only() == ["/tmp", "/data"]  # /tmp/inner lies under /tmp, hidden with it
+    assert ("tmpfs", "/tmp", "tmpfs") in calls and ("tmpfs", "/data", "tmpfs") in calls
+    assert not any(target.startswith(("/proc", "/sys", "/dev")) for source, target, _ in calls if source == "tmpfs")
+
+    def refuses_everything(source, target, fstype, flags, data=None):  # noqa: ANN001, ANN202
+        if target == "/data":
+            raise isolation.IsolationError(f"mount {target}: refused")
+
+    monkeypatch.setattr(isolation, "_mount", refuses_everything)
+    with pytest.raises(isolation.IsolationError, match="/data cannot be made read-only or hidden"):
+        isolation._all_read_only()

@@ -98,8 +98,14 @@ def _mounts() -> list[tuple[str, int]]:
     return found
 
 
-def _all_read_only() -> None:
-    """Remount every mount read-only; the root must hold, others (a /proc, /sys part) may refuse."""
+def _all_read_only() -> list[str]:
+    """Remount every mount read-only; return the mount points that refused and were hidden instead.
+
+    The root must hold. Any other mount that refuses is covered by an empty read-only tmpfs, so it is never left
+    writable (a shared /tmp, a data disk); /proc is skipped (a fresh one replaces it) and a part of /sys or /dev that
+    refuses is left as it is (kernel interfaces, not the grader's files). Raises IsolationError when a mount can be
+    neither remounted nor hidden."""
+    hidden = []
     for point, flags in _mounts():
         if _inside(point, "/proc"):  # the ids of the second namespace are written there; a fresh one replaces it
             continue
@@ -108,6 +114,17 @@ def _all_read_only() -> None:
         except IsolationError:
             if point == "/":
                 raise
+            if _inside(point, "/sys") or _inside(point, "/dev"):
+                continue
+            if any(_inside(point, done) for done in hidden):  # under a mount hidden already
+                continue
+            try:
+                _hide(point, {})
+            except IsolationError as exc:
+                raise IsolationError(f"{point} cannot be made read-only or hidden in the kernel's namespace "
+                                     f"({exc}): student code could write to it") from None
+            hidden.append(point)
+    return hidden
 
 
 def _inside(path: str, folder: str) -> bool:
