@@ -868,6 +868,9 @@ def test_the_eval_mode_bug_is_measured_and_only_the_fix_passes() -> None:
     answers = solutions(KEY, ["ex05"])["ex05"]
     function, before, after = answers
     assert ex05.grade(answers, KEY).passed and after > before + 20  # the bug costs far more than the noise
+    from mnist_lesson.grading.judgement import _measured
+
+    assert after == _measured(ex05.given(KEY))[1]  # in one process, the solution measures what the check does
     namespace: dict[str, object] = {"torch": torch}
     from mnist_lesson.grading.judgement import BUGGY_EVALUATE
 

@@ -417,7 +417,8 @@ def _render_ex05(n: Numbers) -> str:
             f"accuracy is measured with this function:\n{BUGGY_EVALUATE}\nIt has a bug that makes the model score "
             "near chance. (1) Write `evaluate_fixed(model, images, labels)`, the same function with the bug fixed "
             "(it returns the accuracy in %). (2) BEFORE: the accuracy the buggy function measures. (3) AFTER: the "
-            "accuracy your fixed function measures. Answer: eval_fix = (evaluate_fixed, BEFORE, AFTER).")
+            "accuracy your fixed function measures. Measure each on a fresh ex05.start(): the buggy function changes "
+            "the model it measures. Answer: eval_fix = (evaluate_fixed, BEFORE, AFTER).")
 
 
 def _check_ex05(answer: object, n: Numbers) -> Marks:
@@ -444,7 +445,8 @@ def _check_ex05(answer: object, n: Numbers) -> Marks:
          f"BEFORE {before!r} is not what the buggy function measures (the check measured {measured_before:.1f}%; "
          "dropout makes it move by a few points from run to run)."),
         (lambda: abs(as_real(after, "AFTER") - measured_after) <= 2,
-         f"AFTER {after!r} is not what the fixed function measures on ex05.start()'s model and images."),
+         f"AFTER {after!r} is not what the fixed function measures on a fresh ex05.start()'s model and images (the "
+         "buggy function, run first on the same copy, changes it)."),
     )
 
 
