@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -35,6 +36,26 @@ from mnist_lesson.grading.exercises import (
     q07c,
 )
 from mnist_lesson.grading.grader import PRIVATE_COPY
+from mnist_lesson.grading.judgement import (
+    NEITHER,
+    OVERFITTING,
+    STILL_LEARNING,
+    VALIDATION_COUNTS,
+    ablation_verdicts,
+    bn_output,
+    conv_output,
+    epochs_to_keep,
+    ex05,
+    leak_line,
+    overfits,
+    q03b,
+    q04b,
+    q05b,
+    q07d,
+    q07e,
+    recorded_curve,
+    still_learning,
+)
 from mnist_lesson.grading.student_notebook import BEGIN, END, student_version, write_student_version
 from mnist_lesson.models import conv_block, get_model, transition_block
 from mnist_lesson.receptive_field import layer_table
@@ -46,7 +67,8 @@ KEYS = [f"student{i:02d}" for i in range(40)]
 KEY = "alice"
 NUMERIC = [name for name in EXERCISES if name.startswith("q")]  # questions answered by numbers (or letters)
 BUILT = [name for name in EXERCISES if not name.startswith("q")]
-TRAINS = {"ex07", "ex08"}  # their checks train the model briefly
+TRAINS = {"ex05", "ex07", "ex08"}  # their checks train a model briefly
+MODEL_ANSWERS = [name for name in BUILT if name != "ex05"]  # answered by an nn.Module (ex05: a function and numbers)
 
 
 def answer_cells(path: Path = SOURCE) -> dict[str, str]:
@@ -85,7 +107,7 @@ def test_no_answer_cell_overwrites_another_exercises_answer() -> None:
 
 
 def test_points_reflect_effort() -> None:
-    assert all(EXERCISES[name].max_points in (1, 2) for name in NUMERIC)  # a point per number asked for
+    assert all(EXERCISES[name].max_points in (1, 2, 3) for name in NUMERIC)  # a point per number asked for
     assert all(2 <= EXERCISES[name].max_points <= 4 for name in BUILT)
     assert list(EXERCISES) == [ex.name for ex in EXERCISES.values()]
 
@@ -445,7 +467,7 @@ def test_checks_never_crash_on_wrong_types(name: str, answer: object) -> None:
     assert not result.passed and result.message and 0 <= result.points <= result.max_points
     if answer is None:
         assert "not answered yet" in result.message
-    elif name in BUILT and not isinstance(answer, nn.Module):
+    elif name in MODEL_ANSWERS and not isinstance(answer, nn.Module):
         assert "nn.Module" in result.message
 
 
@@ -492,6 +514,13 @@ def test_hints_are_counted_and_the_last_one_repeats(capsys: pytest.CaptureFixtur
     q02.hints_used = 0
 
 
+def flat_numbers(answer: object) -> list[float]:
+    """Return every number inside an answer (nested tuples, lists and sets), leaving out letters and flags."""
+    if isinstance(answer, tuple | list | set | frozenset):
+        return [x for part in answer for x in flat_numbers(part)]
+    return [answer] if isinstance(answer, int | float) and not isinstance(answer, bool) else []
+
+
 def numbers_in(text: str) -> set[float]:
     return {float(x.replace(",", "")) for x in re.findall(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?(?![\w.])", text)}
 
@@ -502,11 +531,9 @@ def test_hints_never_hold_the_answer(name: str) -> None:
     assert len(hints) >= 2 and len(set(hints)) == len(hints)
     for key in KEYS[:15]:
         answer = solutions(key, [name])[name]
-        values = [answer] if not isinstance(answer, tuple | set) else list(answer)
+        values = flat_numbers(answer)
         for hint in hints:
             for value in values:
-                if isinstance(value, bool | str):
-                    continue
                 assert not any(math.isclose(value, x, abs_tol=0.006) for x in numbers_in(hint)), (name, key, hint)
                 assert not EXERCISES[name].grade(hint, key).passed
 
@@ -518,9 +545,10 @@ def test_the_exercises_work_as_the_graders_private_copy(monkeypatch: pytest.Monk
     namespace: dict[str, object] = {}
     exec(PRIVATE_COPY, namespace)  # what the grading kernel runs before any answer cell
     sources = Checks.load().sources
-    assert [name for name, _ in sources] == ["mnist_lesson.grading.exercise", "mnist_lesson.grading.exercises"]
+    assert [name for name, _ in sources] == ["mnist_lesson.grading.exercise", "mnist_lesson.grading.judgement",
+                                             "mnist_lesson.grading.exercises"]
     module = namespace["private_copy"](sources, "_private_checks_")
-    answers = solutions(KEY, ["q02", "ex04"])
+    answers = solutions(KEY, ["q02", "ex04", "q04b", "q07e"])
     public = {name: EXERCISES[name].grade(answer, KEY) for name, answer in answers.items()}
     # An answer cell that replaces the public machinery (the Exercise class the exercises are made of) reaches
     # none of the copy: the copy's exercises are made of the copy's own Exercise.
@@ -708,3 +736,155 @@ def test_points_live_in_two_places_that_must_agree(tmp_path: Path) -> None:
     others = points_mismatches(source, {"ex07": 6, "new": 1})
     assert "new: no nbgrader check cell 'new-check' in the notebook" in others
     assert "ex08: a check cell 'ex08-check' for an exercise grading/exercises.py does not have" in others
+
+
+# --- the exercises of judgement (grading/judgement.py) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", KEYS[:10])
+def test_the_convolution_and_batch_norm_by_hand_agree_with_torch(key: str) -> None:
+    n = q04b.given(key)
+    conv = nn.Conv2d(1, 1, 3)
+    bn = nn.BatchNorm2d(1, eps=0.0)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor(n["kernel"], dtype=torch.float32).view(1, 1, 3, 3))
+        conv.bias.fill_(n["bias"])
+        bn.running_mean.fill_(n["mean"])
+        bn.running_var.fill_(n["var"])
+        bn.weight.fill_(n["weight"])
+        bn.bias.fill_(n["shift"])
+        image = torch.tensor(n["image"], dtype=torch.float32).view(1, 1, 4, 4)
+        conv_out = conv(image)
+        bn_out = bn.eval()(conv_out)
+    assert conv_out[0, 0].tolist() == conv_output(n) and bn_out[0, 0].tolist() == bn_output(n)
+    assert q04b.grade((conv_out, bn_out.numpy()), key).passed  # tensors and numpy arrays are read too
+
+
+def test_the_convolution_by_hand_explains_the_usual_slips() -> None:
+    n = q04b.given(KEY)
+    conv, bn = conv_output(n), bn_output(n)
+    no_bias = [[x - n["bias"] for x in row] for row in conv]
+    if n["bias"]:
+        result = q04b.grade((no_bias, bn), KEY)
+        assert result.points == 1 and "leaves out the bias" in result.message
+    wrong_conv = [[x + 1 for x in row] for row in conv]
+    follows = [[n["weight"] * (x - n["mean"]) / n["std"] + n["shift"] for x in row] for row in wrong_conv]
+    result = q04b.grade((wrong_conv, follows), KEY)
+    assert result.points == 0 and "follows from your CONV" in result.message
+    result = q04b.grade((conv, [[x + 1 for x in row] for row in bn]), KEY)
+    assert result.points == 1 and "running statistics" in result.message
+    for odd in ("lots", (conv, "bn"), ([1, 2, 3], bn), (conv, [[1, 2], [3, "x"]])):
+        result = q04b.grade(odd, KEY)
+        assert not result.passed and result.message, odd
+
+
+@pytest.mark.slow  # reads the MNIST labels
+def test_the_validation_counts_are_the_labels_of_the_validation_split() -> None:
+    from mnist_lesson.loaders import load_split, split_validation
+
+    _, (_, labels) = split_validation(*load_split(train=True))
+    assert tuple(torch.bincount(labels, minlength=10).tolist()) == VALIDATION_COUNTS
+    # notebook 03's recorded first epoch: 10.64% on validation, digit 1's share
+    first_epoch = recorded_curve("transitions", 0, 1)["val"][0]
+    assert round(100 * VALIDATION_COUNTS[1] / sum(VALIDATION_COUNTS), 2) == first_epoch
+
+
+def test_the_stuck_model_question_reads_its_parts() -> None:
+    n = q03b.given(KEY)
+    share = 100 * VALIDATION_COUNTS[n["digit"]] / sum(VALIDATION_COUNTS)
+    assert q03b.grade((1, round(share, 2)), KEY).passed and q03b.grade(("1", share / 100), KEY).passed
+    wrong_digit = q03b.grade((7, round(share, 2)), KEY)
+    assert wrong_digit.points == 1 and "is not the digit" in wrong_digit.message
+    assert q03b.grade((1, round(share, 2) + 0.5), KEY).points == 1
+    assert q03b.grade((1, 2, 3), KEY).points == 0
+
+
+def test_the_recorded_curves_fit_the_roles_the_question_gives_them() -> None:
+    """Every run the curves question can show is read from design_runs.jsonl and fits its role by the stated rules,
+    and no other: one overfits, one is still learning, one does neither."""
+    for run in OVERFITTING:
+        curve = recorded_curve(*run)
+        assert len(curve["val"]) == run[2] and overfits(curve) and not still_learning(curve), run
+        assert len(epochs_to_keep(curve)) == 1 and epochs_to_keep(curve)[0] <= run[2] - 2, run  # well before the end
+    for run in STILL_LEARNING:
+        curve = recorded_curve(*run)
+        assert still_learning(curve) and not overfits(curve), run
+    for run in NEITHER:
+        curve = recorded_curve(*run)
+        assert len(curve["val"]) >= 4 and not still_learning(curve) and not overfits(curve), run
+
+
+@pytest.mark.parametrize("key", KEYS[:10])
+def test_the_curves_question_has_one_answer_and_gives_partial_credit(key: str) -> None:
+    runs = q05b.given(key)["runs"]
+    over = [letter for letter, c in runs.items() if overfits(c)]
+    learning = [letter for letter, c in runs.items() if still_learning(c)]
+    assert len(over) == 1 and len(learning) == 1 and over != learning
+    keep = epochs_to_keep(runs[over[0]])[0]
+    assert q05b.grade((over[0].lower(), learning[0], keep), key).passed
+    assert q05b.grade((over[0], learning[0], keep + 1), key).points == 2
+    assert q05b.grade((learning[0], over[0], keep), key).points == 1
+    assert "letters" in q05b.grade(("Z", learning[0], keep), key).message
+
+
+@pytest.mark.parametrize("key", KEYS[:20])
+def test_the_ablation_question_agrees_with_the_courses_compare(key: str) -> None:
+    from mnist_lesson.studies import DesignSummary, compare
+
+    n = q07d.given(key)
+    base = DesignSummary("base", "base", 0, dict(enumerate(n["baseline"])), {})
+    real = set()
+    for letter, row in n["changes"].items():
+        after = DesignSummary(letter, row["change"], 0, dict(enumerate(row["seeds"])), {})
+        if "larger than the seed-to-seed noise" in compare(base, after):
+            real.add(letter)
+    assert real == {x for x, clear in ablation_verdicts(n).items() if clear}
+    keep = max((x for x in real if statistics.mean(n["changes"][x]["seeds"]) > base.mean),
+               key=lambda x: statistics.mean(n["changes"][x]["seeds"]))
+    assert q07d.grade((real, keep.upper()), key).passed
+    assert q07d.grade(("".join(sorted(real)), keep), key).passed  # a string of letters is read as the set
+    assert q07d.grade((real | {"a", "b", "c", "d"} if len(real) < 4 else set(), keep), key).points == 1
+    assert "not one of the changes" in q07d.grade(({"z"}, keep), key).message
+
+
+def test_the_leak_question_varies_and_never_takes_the_final_report_for_the_leak() -> None:
+    lines = set()
+    for key in KEYS:
+        n = q07e.given(key)
+        line = leak_line(n)
+        lines.add(line)
+        assert "test_loader" in n["lines"][line - 1] and line < len(n["lines"])
+        assert n["lines"][-1].startswith("print('test accuracy:'")
+        solution = solutions(key, ["q07e"])["q07e"]
+        assert q07e.grade(solution, key).passed
+        assert q07e.grade((solution[0], len(n["lines"])), key).points == 1  # the final report is not the leak
+        assert q07e.grade((" VAL " if solution[0] == "validation" else solution[0].upper(), line), key).passed
+    assert len(lines) >= 3
+    assert "'train', 'validation' or 'test'" in q07e.grade(("the dev set", 3), KEY).message
+
+
+@pytest.mark.slow  # trains the tiny model (a few seconds)
+def test_the_eval_mode_bug_is_measured_and_only_the_fix_passes() -> None:
+    answers = solutions(KEY, ["ex05"])["ex05"]
+    function, before, after = answers
+    assert ex05.grade(answers, KEY).passed and after > before + 20  # the bug costs far more than the noise
+    from mnist_lesson.grading.judgement import _measured
+
+    assert after == _measured(ex05.given(KEY))[1]  # in one process, the solution measures what the check does
+    namespace: dict[str, object] = {"torch": torch}
+    from mnist_lesson.grading.judgement import BUGGY_EVALUATE
+
+    exec(BUGGY_EVALUATE, namespace)
+    unfixed = ex05.grade((namespace["evaluate"], before, after), KEY)
+    assert unfixed.points == 2 and "running statistics" in unfixed.message
+    swapped = ex05.grade((function, after, before), KEY)
+    assert swapped.points == 1 and "BEFORE" in swapped.message and "AFTER" in swapped.message
+
+    def raises(net: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+        raise ValueError("student bug")
+
+    assert "raised ValueError: student bug" in ex05.grade((raises, before, after), KEY).message
+    assert "should be a function" in ex05.grade((42, before, after), KEY).message
+    namespace = {"STUDENT": KEY, "ex05": ex05}
+    exec("net, images, labels = ex05.start()", namespace)
+    assert namespace["net"].training and len(namespace["images"]) == len(namespace["labels"])

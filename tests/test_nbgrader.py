@@ -115,7 +115,13 @@ def round_trip(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> di
     shutil.copy(SOURCE, course / "source" / ASSIGNMENT / "exercises.ipynb")
     nbgrader(course, "generate_assignment", ASSIGNMENT, "--create", "--force")
     release = course / "release" / ASSIGNMENT / "exercises.ipynb"
-    partly = {**PARTLY, "ex08": solution("ex08")}
+    partly = {**PARTLY, "ex08": solution("ex08"),
+              "q03b": "stuck_digit = (1, 50.0)  # the digit is right, the accuracy is not",
+              "q04b": solution("q04b") + "\nconv_and_bn = (conv, conv)  # the batch norm left out",
+              "q05b": solution("q05b") + "\ncurves = (curves[1], curves[1], curves[2])  # the wrong run overfits",
+              "ex05": solution("ex05") + "\neval_fix = (evaluate_buggy, before, after)  # the bug left in",
+              "q07d": solution("q07d") + "\nablation = (ablation[0], 'z')  # no such change",
+              "q07e": solution("q07e") + "\nsplit_and_leak = ('the dev set', split_and_leak[1])"}
     notebooks = {
         "alice": submission(release, "alice", {name: solution(name) for name in EXERCISES}),
         "bob": submission(STUDENT_NOTEBOOK, "bob", {}),  # the committed student version, handed in unanswered
@@ -162,8 +168,9 @@ def test_nbgrader_gives_full_marks_zero_and_the_partial_points(round_trip: dict[
     carol = expected_points("carol", round_trip["partly"])
     assert scores["carol"] == carol
     assert 0 < sum(carol.values()) < sum(full.values())
-    assert {carol[name] for name in ("q02", "ex03", "ex04", "ex06", "q07a", "q07c", "q08")} == {1}  # partial credit
-    assert (carol["ex02"], carol["ex07"], carol["ex08"]) == (2, 0, 3)
+    assert {carol[name] for name in ("q02", "ex03", "ex04", "ex06", "q07a", "q07c", "q08", "q03b", "q04b", "q07d",
+                                     "q07e")} == {1}  # partial credit
+    assert (carol["ex02"], carol["ex07"], carol["ex08"], carol["q05b"], carol["ex05"]) == (2, 0, 3, 2, 2)
 
 
 def test_nbgrader_and_grade_agree_on_every_exercise(round_trip: dict[str, object]) -> None:

@@ -1,12 +1,14 @@
-"""The exercises of notebooks/exercises.ipynb, one or two per notebook, each with its numbers, its question, its
+"""The exercises of notebooks/exercises.ipynb, one or more per notebook, each with its numbers, its question, its
 check and its hints; EXERCISES lists them, PRELUDE is the exercise notebook's import cell.
 
 Every exercise asks for a decision the package does not hand over: a number worked out by hand (a receptive field,
 a parameter count, an output size, a schedule), or a network built from torch layers under a budget that binds.
-What an exercise is, and the readers its check uses, live in mnist_lesson.grading.exercise. This module and that
-one are the exercises' interface with the grader (mnist_lesson.grading.contract): EXERCISES, PRELUDE, student_key,
-and COPIED_WITH. The grader execs both sources into fresh modules (its private copy), so they import the rest of
-the package by absolute name only.
+The exercises that ask for judgement (curves, splits, the eval-mode bug, an ablation table, a convolution and a
+batch norm by hand, a model stuck on one digit) live in mnist_lesson.grading.judgement and are listed here too.
+What an exercise is, and the readers its check uses, live in mnist_lesson.grading.exercise. This module and those
+two are the exercises' interface with the grader (mnist_lesson.grading.contract): EXERCISES, PRELUDE, student_key,
+and COPIED_WITH. The grader execs the three sources into fresh modules (its private copy), so they import the rest
+of the package by absolute name only.
 """
 
 from __future__ import annotations
@@ -49,13 +51,15 @@ from mnist_lesson.grading.exercise import (
     student_key,
     table_of,
 )
+from mnist_lesson.grading.judgement import ex05, q03b, q04b, q05b, q07d, q07e
 
-__all__ = ["EXERCISES", "PRELUDE", "COPIED_WITH", "student_key", "show_key", "q01", "q02", "ex02", "q03", "ex03", "q04",
-           "ex04", "q05", "ex06", "q07a", "q07b", "q07c", "ex07", "q08", "ex08"]
+__all__ = ["EXERCISES", "PRELUDE", "COPIED_WITH", "student_key", "show_key", "q01", "q02", "ex02", "q03", "q03b",
+           "ex03", "q04", "q04b", "ex04", "q05", "q05b", "ex05", "ex06", "q07a", "q07b", "q07c", "q07d", "q07e", "ex07",
+           "q08", "ex08"]
 
 SIDE = 28  # MNIST images are 28x28
 # The modules whose code the checks run: the grader's private copy copies them too, before this one.
-COPIED_WITH = ("mnist_lesson.grading.exercise",)
+COPIED_WITH = ("mnist_lesson.grading.exercise", "mnist_lesson.grading.judgement")
 
 # The exact source of the exercise notebook's import cell (the grader runs it before the answer cells).
 PRELUDE = """\
@@ -68,17 +72,23 @@ from mnist_lesson.grading.exercises import (
     ex02,
     ex03,
     ex04,
+    ex05,
     ex06,
     ex07,
     ex08,
     q01,
     q02,
     q03,
+    q03b,
     q04,
+    q04b,
     q05,
+    q05b,
     q07a,
     q07b,
     q07c,
+    q07d,
+    q07e,
     q08,
     show_key,
 )
@@ -318,9 +328,12 @@ def _check_q03(answer: object, n: Numbers) -> Marks:
 
 
 q03 = Exercise("q03", "which design is cheaper, and by how much", "saving", 1, _make_q03, _render_q03, _check_q03, [
-    "Count each design's weights separately; with bias=False a conv has in x out x k x k of them.",
-    "Design B has two layers: the 1x1 squeeze, then a 3x3 conv that starts from the squeezed channels.",
-    "Saving = parameters of A minus parameters of B. Check both with count_parameters on the layers built with nn.",
+    "Work on paper first: with bias=False a conv from c_in to c_out with a k x k kernel has c_in x c_out x k x k "
+    "weights. Count design A that way.",
+    "Design B has two layers: the 1x1 squeeze, then a 3x3 conv that starts from the squeezed channels. Count each "
+    "by hand and add them.",
+    "Saving = parameters of A minus parameters of B (negative when B costs more). Only once you have your number, "
+    "check it: count_parameters on the two designs built with nn.",
 ])
 
 
@@ -369,8 +382,10 @@ def _check_ex03(answer: object, n: Numbers) -> Marks:
 
 ex03 = Exercise("ex03", "a 1x1 transition", "transition", 2, _make_ex03, _render_ex03, _check_ex03, [
     "Which kernel size mixes channels without looking at neighbours?",
-    "A 1x1 conv from c_in to c_out costs c_in x c_out weights (+ c_out for the bias); a 3x3 one costs nine times that.",
-    "Halve the side with a 2x2 max-pool; a stride-2 1x1 conv also halves it, but reads only one pixel in four.",
+    "Count by hand before you build: a 1x1 conv from c_in to c_out costs c_in x c_out weights (+ c_out for the "
+    "bias); a 3x3 one costs nine times that. Which one fits your budget?",
+    "Halve the side with a 2x2 max-pool; a stride-2 1x1 conv also halves it, but reads only one pixel in four. Work "
+    "out the RF and jump after the pool by hand, then confirm them with layer_table.",
 ])
 
 
@@ -401,9 +416,10 @@ def _check_q04(answer: object, n: Numbers) -> Marks:
 
 
 q04 = Exercise("q04", "a layer's parameter count", "layer_params", 1, _make_q04, _render_q04, _check_q04, [
-    "A conv's weights: out x in x k x k; its bias: one per output channel.",
+    "By hand: a conv's weights are out x in x k x k, and its bias adds one per output channel.",
     "BatchNorm2d learns a scale and a shift per channel; its running mean and variance are buffers, not parameters.",
-    "Check with count_parameters(nn.Sequential(...)) built with your layer's numbers.",
+    "Add the two counts on paper. Then, as a check, build the two layers with your numbers and compare with "
+    "count_parameters(nn.Sequential(...)).",
 ])
 
 
@@ -505,8 +521,10 @@ def _check_q05(answer: object, n: Numbers) -> Marks:
 
 q05 = Exercise("q05", "what dropout does in training", "dropout_scale", 1, _make_q05, _render_q05, _check_q05, [
     "In training Dropout2d zeroes each channel with probability p; in eval mode it does nothing.",
-    "The expected value of each channel must stay the same in training and in eval mode.",
-    "Try it: nn.Dropout2d(p).train() on torch.ones(1, 1000, 1, 1), and look at the values that are not zero.",
+    "The expected value of each channel must stay the same in training and in eval mode: if a share p of the "
+    "channels becomes zero, by what factor must the others grow? Write it as an equation in p and solve it by hand.",
+    "Once you have your factor, check it: nn.Dropout2d(p).train() on torch.ones(1, 1000, 1, 1), and look at the "
+    "values that are not zero.",
 ])
 
 
@@ -543,8 +561,10 @@ def _check_ex06(answer: object, n: Numbers) -> Marks:
 
 ex06 = Exercise("ex06", "a global-average-pooling head", "head", 2, _make_ex06, _render_ex06, _check_ex06, [
     "After global average pooling every channel is one number, whatever the map's side.",
-    "What maps C numbers to 10 cheaply? A 1x1 conv or a Linear from C to 10 costs 10 x C (+ 10 biases).",
-    "End with log-probabilities of shape (batch, 10): flatten, then nn.LogSoftmax(dim=1).",
+    "What maps C numbers to 10 cheaply? Count by hand: a 1x1 conv or a Linear from C to 10 costs 10 x C (+ 10 "
+    "biases). Does that fit your budget?",
+    "End with log-probabilities of shape (batch, 10): flatten, then nn.LogSoftmax(dim=1). Afterwards, confirm your "
+    "count with count_parameters and the shapes with layer_table.",
 ])
 
 
@@ -831,10 +851,12 @@ def _check_q08(answer: object, n: Numbers) -> Marks:
 
 q08 = Exercise("q08", "a separable block against a plain one", "plain_and_separable", 2, _make_q08, _render_q08,
                _check_q08, [
-                   "Plain 3x3: every output channel has its own 3x3 filter for every input channel.",
+                   "By hand: in a plain 3x3 conv every output channel has its own 3x3 filter for every input "
+                   "channel.",
                    "Separable: groups=c_in gives each input channel one 3x3 filter of its own; the 1x1 conv then "
-                   "mixes the channels.",
-                   "Check both counts with count_parameters on the layers built with nn.",
+                   "mixes the channels, one weight per pair of input and output channels.",
+                   "Write both counts on paper first; then check them with count_parameters on the layers built "
+                   "with nn.",
                ])
 
 ex08 = Exercise("ex08", "a small separable model", "separable_model", 3,
@@ -849,5 +871,5 @@ ex08 = Exercise("ex08", "a small separable model", "separable_model", 3,
                     "layer_table for the RF.",
                 ])
 
-EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in (q01, q02, ex02, q03, ex03, q04, ex04, q05, ex06, q07a, q07b,
-                                                         q07c, ex07, q08, ex08)}
+EXERCISES: dict[str, Exercise] = {ex.name: ex for ex in (q01, q02, ex02, q03, q03b, ex03, q04, q04b, ex04, q05, q05b,
+                                                         ex05, ex06, q07a, q07b, q07c, q07d, q07e, ex07, q08, ex08)}
