@@ -38,7 +38,7 @@ from mnist_lesson.config import CLAIM_SEEDS, LAST_EPOCHS, MAX_EPOCHS, TARGET, Re
 from mnist_lesson.files import atomic_write, code_version
 from mnist_lesson.models import MODELS
 from mnist_lesson.recipes import RECIPES
-from mnist_lesson.studies import STANDARD_THREADS, STUDIES, Design, DesignSummary
+from mnist_lesson.studies import STANDARD_THREADS, STUDIES, UNFINISHED_STUDIES, Design, DesignSummary
 from mnist_lesson.train import History
 
 # --- where the files are, and reading and writing JSON ------------------------------------------------------
@@ -436,9 +436,18 @@ class Noise:
     thread_pairs: int  # how many same-seed pairs measured it
 
 
+def unfinished_keys() -> set[str]:
+    """Return the design keys that belong only to studies still being recorded (studies.UNFINISHED_STUDIES)."""
+    finished = {d.key for name, designs in STUDIES.items() if name not in UNFINISHED_STUDIES for d in designs}
+    return {d.key for name in UNFINISHED_STUDIES for d in STUDIES[name]} - finished
+
+
 def measure_noise(runs: Sequence[Mapping[str, Any]] | None = None) -> Noise:
-    """Return the run-to-run noise of the recorded design runs: across seeds, and across thread counts."""
-    runs = read_design_runs() if runs is None else runs
+    """Return the run-to-run noise of the recorded design runs: across seeds, and across thread counts. By default
+    the runs of unfinished studies are left out, so the figure does not move while one is being recorded."""
+    if runs is None:
+        pending = unfinished_keys()
+        runs = [run for run in read_design_runs() if run["key"] not in pending]
     by_design: dict[str, dict[int, float]] = {}
     for run in runs:
         if run["threads"] == STANDARD_THREADS:

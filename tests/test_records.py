@@ -421,3 +421,18 @@ def test_runs_label_names_each_group_of_seeds_with_its_own_device() -> None:
                                         "cpu (EPYC); seed 5 on cpu (Xeon)")
     assert records.runs_label([runs[0], {**runs[1], "seed": 3}]) == \
         "seeds 0, 3 on cpu (1 threads) (no code version recorded)"
+
+
+def test_the_noise_leaves_out_studies_still_being_recorded() -> None:
+    """The pooled noise that notebook 02 renders stays put while an unfinished study appends runs."""
+    from mnist_lesson.records import measure_noise, read_design_runs, unfinished_keys
+    from mnist_lesson.studies import UNFINISHED_STUDIES
+
+    pending = unfinished_keys()
+    assert pending == {d.key for name in UNFINISHED_STUDIES for d in STUDIES[name]} - {
+        d.key for name, designs in STUDIES.items() if name not in UNFINISHED_STUDIES for d in designs}
+    kept = [run for run in read_design_runs() if run["key"] not in pending]
+    assert measure_noise() == measure_noise(kept)
+    if pending:
+        extra = [{**kept[0], "key": sorted(pending)[0], "seed": seed} for seed in (0, 1)]
+        assert measure_noise(kept + extra).designs == measure_noise(kept).designs + 1  # counted only when asked
