@@ -283,8 +283,7 @@ class BlocksNet(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(channels, 10, 1, bias=False))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.head(self.features(x)).flatten(1), dim=1)
+    forward = LadderNet.forward  # the same features -> pooled head -> log-probabilities
 
 
 @register("under8k", UNDER8K_RECIPE)

@@ -222,7 +222,7 @@ def test_a_mount_that_refuses_read_only_is_hidden_or_isolation_refuses(monkeypat
 
     monkeypatch.setattr(isolation, "_mounts", lambda: mounts)
     monkeypatch.setattr(isolation, "_mount", fake_mount)
-    assert isolation._all_read_only() == ["/tmp", "/data"]  # /tmp/inner lies under /tmp, hidden with it
+    assert isolation._all_read_only({}) == ["/tmp", "/data"]  # /tmp/inner lies under /tmp, hidden with it
     assert ("tmpfs", "/tmp", "tmpfs") in calls and ("tmpfs", "/data", "tmpfs") in calls
     assert not any(target.startswith(("/proc", "/sys", "/dev")) for source, target, _ in calls if source == "tmpfs")
 
@@ -232,4 +232,4 @@ def test_a_mount_that_refuses_read_only_is_hidden_or_isolation_refuses(monkeypat
 
     monkeypatch.setattr(isolation, "_mount", refuses_everything)
     with pytest.raises(isolation.IsolationError, match="/data cannot be made read-only or hidden"):
-        isolation._all_read_only()
+        isolation._all_read_only({})

@@ -53,3 +53,5 @@ def test_the_exercise_table_and_counts_match_the_exercises() -> None:
     assert rows == [(name, str(ex.max_points)) for name, ex in EXERCISES.items()]
     total = sum(ex.max_points for ex in EXERCISES.values())
     assert f"has {len(EXERCISES)} exercises worth {total} points" in " ".join(page.split())
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert f"{len(EXERCISES)} exercises in all" in readme

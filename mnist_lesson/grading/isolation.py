@@ -98,13 +98,13 @@ def _mounts() -> list[tuple[str, int]]:
     return found
 
 
-def _all_read_only() -> list[str]:
+def _all_read_only(keep: dict[str, tuple[int, bool]]) -> list[str]:
     """Remount every mount read-only; return the mount points that refused and were hidden instead.
 
     The root must hold. Any other mount that refuses is covered by an empty read-only tmpfs, so it is never left
-    writable (a shared /tmp, a data disk); /proc is skipped (a fresh one replaces it) and a part of /sys or /dev that
-    refuses is left as it is (kernel interfaces, not the grader's files). Raises IsolationError when a mount can be
-    neither remounted nor hidden."""
+    writable (a shared /tmp, a data disk), with the kept folders inside it bound back (`keep`, as `_hide`). /proc is
+    skipped (a fresh one replaces it) and a part of /sys or /dev that refuses is left as it is (kernel interfaces,
+    not the grader's files). Raises IsolationError when a mount can be neither remounted nor hidden."""
     hidden = []
     for point, flags in _mounts():
         if _inside(point, "/proc"):  # the ids of the second namespace are written there; a fresh one replaces it
@@ -119,7 +119,7 @@ def _all_read_only() -> list[str]:
             if any(_inside(point, done) for done in hidden):  # under a mount hidden already
                 continue
             try:
-                _hide(point, {})
+                _hide(point, keep)
             except IsolationError as exc:
                 raise IsolationError(f"{point} cannot be made read-only or hidden in the kernel's namespace "
                                      f"({exc}): student code could write to it") from None
@@ -155,12 +155,12 @@ def confine(isolation: Isolation, private: str) -> None:
     _unshare(_CLONE_NEWUSER | _CLONE_NEWNS | _CLONE_NEWNET)
     _map_ids(uid, gid)
     _mount(None, "/", None, _MS_REC | _MS_PRIVATE)  # nothing mounted here reaches the grader's namespace
-    _all_read_only()
     hidden = sorted({str(Path(h)) for h in isolation.hidden if os.path.isdir(h) and h != "/"}, key=len)
     keep = {path: False for path in isolation.visible
             if os.path.isdir(path) and not any(_inside(h, path) for h in hidden)}  # hidden wins
     keep.update({private: True, **({isolation.package: False} if isolation.package else {})})
     fds = {path: (os.open(path, os.O_PATH | os.O_DIRECTORY), writable) for path, writable in keep.items()}
+    _all_read_only(fds)  # a mount that cannot be made read-only is hidden, the kept folders in it bound back
     for folder in hidden:
         if not any(_inside(folder, outer) for outer in hidden if outer != folder):  # nested ones are hidden already
             _hide(folder, fds)
