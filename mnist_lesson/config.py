@@ -117,6 +117,7 @@ class Recipe:
     gamma: float = 0.1  # decay factor when schedule="step"
     augment: Augment = Augment()  # random rotation and shift of the training images (off by default)
     warmup: float = 0.3  # one-cycle: the share of the steps spent raising the rate (the rest anneals it)
+    settle: int = 0  # one-cycle: last epochs that hold the cycle's final rate (the cycle runs over the others)
     ema: float = 0.0  # decay of an exponential moving average of the weights, evaluated instead of them (0: off)
 
     def __post_init__(self) -> None:
@@ -131,6 +132,10 @@ class Recipe:
             raise UsageError(f"warmup must be in (0, 1) and ema in [0, 1), got {self.warmup} and {self.ema}")
         if self.schedule not in ("constant", "onecycle", "step"):
             raise UsageError(f"unknown schedule {self.schedule!r}; use constant, onecycle or step")
+        _check_number("settle", self.settle, integer=True)
+        if self.settle and (self.schedule != "onecycle" or self.settle >= self.epochs):
+            raise UsageError(f"settle={self.settle} needs schedule='onecycle' and fewer settling epochs than epochs "
+                             f"({self.epochs}); got schedule={self.schedule!r}. Use settle=0 to switch it off")
         if not isinstance(self.augment, Augment):
             raise UsageError(f"augment must be an Augment(rotation=..., shift=...), got {self.augment!r}")
 
@@ -156,11 +161,11 @@ class Recipe:
         """Return the fields that act on training, as {"name": value} with the augmentation's as "augment.NAME".
 
         Left out: fields the schedule ignores (momentum under one-cycle, which cycles it itself; step_size and gamma
-        unless the schedule is "step"; warmup unless it is "onecycle") and switches that are off (nesterov=False,
-        weight_decay=0, no rotation or shift, ema=0). Introduced in notebook 07."""
+        unless the schedule is "step"; warmup and settle unless it is "onecycle") and switches that are off (nesterov=False,
+        weight_decay=0, no rotation or shift, ema=0, settle=0). Introduced in notebook 07."""
         inert = {"momentum"} if self.schedule == "onecycle" else set()
         inert |= set() if self.schedule == "step" else {"step_size", "gamma"}
-        inert |= set() if self.schedule == "onecycle" else {"warmup"}
+        inert |= set() if self.schedule == "onecycle" else {"warmup", "settle"}
         return {name: value for name, value in _flat(self.to_dict()).items()
                 if name not in inert and not (name in _OFF_WHEN_FALSY and not value)}
 
@@ -207,7 +212,7 @@ def _flat(recipe: dict[str, Any]) -> dict[str, Any]:
 _EXECUTION_FIELDS = ("data", "eval_batch_size", "channels_last")
 _LEGACY_AUGMENT = {"rotate_degrees": "rotation", "translate": "shift"}
 # Fields whose off value (False, 0) switches their effect off: `Recipe.acting_fields` leaves them out when off.
-_OFF_WHEN_FALSY = ("nesterov", "weight_decay", "augment.rotation", "augment.shift", "ema")
+_OFF_WHEN_FALSY = ("nesterov", "weight_decay", "augment.rotation", "augment.shift", "ema", "settle")
 
 
 # --- how a run executes ---------------------------------------------------------------------------------

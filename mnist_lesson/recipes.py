@@ -90,8 +90,13 @@ def make_optimizer(model: nn.Module, recipe: Recipe, steps_per_epoch: int, epoch
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum,
                                 nesterov=recipe.nesterov, weight_decay=recipe.weight_decay, foreach=foreach)
     if recipe.schedule == "onecycle":
+        # With `settle`, the cycle ends that many epochs early and its final rate holds to the end of the run (a run
+        # shortened below that, as in smoke tests, still cycles over its first epoch).
+        settle = min(recipe.settle, epochs - 1)
+        cycle = (epochs - settle) * steps_per_epoch
         return optimizer, Schedule(optimizer, torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=recipe.lr, total_steps=epochs * steps_per_epoch, pct_start=recipe.warmup))
+            optimizer, max_lr=recipe.lr, total_steps=cycle, pct_start=recipe.warmup),
+            hold_after=cycle - 1 if settle else None)
     if recipe.schedule == "step":
         return optimizer, Schedule(optimizer, torch.optim.lr_scheduler.StepLR(
             optimizer, recipe.step_size * steps_per_epoch, recipe.gamma))

@@ -122,8 +122,9 @@ class Schedule:
     """The learning-rate schedule of a run (or none), stepped once per batch, recording what each step used."""
 
     def __init__(self, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> None:
+                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, *, hold_after: int | None = None) -> None:
         self.optimizer, self.scheduler = optimizer, scheduler
+        self.hold_after = hold_after  # after this many steps the scheduler stops and the rate holds (None: never)
         self.lrs: list[float] = []
         self.momentums: list[float | None] = []  # None for an optimizer without momentum
 
@@ -133,7 +134,7 @@ class Schedule:
         self.lrs.append(float(group["lr"]))
         momentum = group.get("momentum", group.get("betas", (None,))[0])
         self.momentums.append(None if momentum is None else float(momentum))
-        if self.scheduler is not None:
+        if self.scheduler is not None and (self.hold_after is None or len(self.lrs) <= self.hold_after):
             self.scheduler.step()
 
     @property

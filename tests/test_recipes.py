@@ -86,6 +86,31 @@ def test_the_fields_a_description_leaves_out_change_nothing_in_training(schedule
         assert changed == (name in shown), f"{name} under {schedule}"
 
 
+def test_a_settling_cycle_ends_early_and_holds_its_final_rate() -> None:
+    """settle=2 of 5 epochs: the rates of the first 3 epochs are those of a 3-epoch one-cycle, step for step, and the
+    last 2 epochs hold that cycle's final rate and momentum."""
+    def trace(recipe: Recipe, epochs: int) -> tuple[list[float], list[float | None]]:
+        optimizer, steps = make_optimizer(nn.Linear(2, 1), recipe, steps_per_epoch=4, epochs=epochs)
+        for _ in range(4 * epochs):
+            optimizer.step()
+            steps.step()
+        return steps.lrs, steps.momentums
+
+    cycle = Recipe(schedule="onecycle", lr=0.1)
+    lrs, momentums = trace(cycle.with_overrides(settle=2), epochs=5)
+    short_lrs, short_momentums = trace(cycle, epochs=3)
+    assert lrs[:12] == short_lrs and momentums[:12] == short_momentums
+    assert lrs[12:] == [short_lrs[-1]] * 8 and momentums[12:] == [short_momentums[-1]] * 8
+    assert short_lrs[-1] < 1e-6  # one-cycle ends at lr / (25 * 1e4)
+    assert cycle.with_overrides(settle=2).describe().startswith("epochs=15, batch_size=128, lr=0.1, schedule=onecycle,"
+                                                                " warmup=0.3, settle=2")
+    assert "settle" not in cycle.acting_fields()
+    with pytest.raises(UsageError, match="settle=2 needs schedule='onecycle'"):
+        Recipe(settle=2)
+    with pytest.raises(UsageError, match="fewer settling epochs than epochs"):
+        cycle.with_overrides(settle=15)
+
+
 @pytest.mark.parametrize(("schedule", "kind"), [("onecycle", "OneCycleLR"), ("step", "StepLR")])
 def test_recipe_schedules(schedule: str, kind: str) -> None:
     model = get_model("assignment")
