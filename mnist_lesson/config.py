@@ -161,8 +161,8 @@ class Recipe:
         """Return the fields that act on training, as {"name": value} with the augmentation's as "augment.NAME".
 
         Left out: fields the schedule ignores (momentum under one-cycle, which cycles it itself; step_size and gamma
-        unless the schedule is "step"; warmup and settle unless it is "onecycle") and switches that are off (nesterov=False,
-        weight_decay=0, no rotation or shift, ema=0, settle=0). Introduced in notebook 07."""
+        unless the schedule is "step"; warmup and settle unless it is "onecycle") and switches that are off
+        (nesterov=False, weight_decay=0, no rotation or shift, ema=0, settle=0). Introduced in notebook 07."""
         inert = {"momentum"} if self.schedule == "onecycle" else set()
         inert |= set() if self.schedule == "step" else {"step_size", "gamma"}
         inert |= set() if self.schedule == "onecycle" else {"warmup", "settle"}

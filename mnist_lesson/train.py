@@ -121,8 +121,8 @@ def with_progress(batches: Iterable[Batch], desc: str, score: RunningScore, enab
 class Schedule:
     """The learning-rate schedule of a run (or none), stepped once per batch, recording what each step used."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer,
-                 scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, *, hold_after: int | None = None) -> None:
+    def __init__(self, optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                 *, hold_after: int | None = None) -> None:
         self.optimizer, self.scheduler = optimizer, scheduler
         self.hold_after = hold_after  # after this many steps the scheduler stops and the rate holds (None: never)
         self.lrs: list[float] = []
