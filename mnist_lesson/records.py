@@ -412,7 +412,7 @@ def summarize_study(study: str, runs: Sequence[Mapping[str, Any]] | None = None,
         if mine:
             summaries.append(DesignSummary(design.key, design.label, mine[0]["params"],
                                            {r["seed"]: run_figure(r) for r in mine},
-                                           {r["seed"]: run_figure(r, "test_acc") for r in mine}))
+                                           {r["seed"]: run_figure(r, "test_acc") for r in mine}, design.base))
     return summaries
 
 

@@ -42,6 +42,7 @@ class Design:
     label: str  # what a reader sees, e.g. "+ augmentation"
     build: Callable[[], nn.Module]
     recipe: Recipe
+    base: str | None = None  # key of the design this one changes (None: the design listed above it)
 
 
 def registered(name: str, label: str) -> Design:
@@ -97,20 +98,23 @@ LADDER8K_LEVERS: tuple[Design, ...] = (
 # and the smallest public layout at 99.4% as one design), batches of 64, and a schedule that settles before the last
 # 3 epochs (the figures a claim reads), so that those epochs differ only by the weight average's last steps.
 _RUNG_RECIPE = UNDER5K_RECIPE
+_RUNG_RECIPE_KEY = "under3762-rung-recipe"
+_UNDER3762_FIRST = partial(LadderNet, (8, 12, 18), (18, 28, 40))  # the rung as first registered (3,736 parameters)
 LADDER3762_LEVERS: tuple[Design, ...] = (
-    Design("under3762", "under3762 with the ladder recipe (batch 32)", MODELS["under3762"], LADDER_RECIPE),
-    Design("under3762-rung-recipe", "+ the rungs' recipe: a moving average of the weights, shifts of up to 5%",
-           MODELS["under3762"], _RUNG_RECIPE),
-    Design("under3762-late", "channels later: 8, 10, 14 before the pool, 14, 28, 48 after (rungs' recipe)",
-           partial(LadderNet, (8, 10, 14), (14, 28, 48)), _RUNG_RECIPE),
-    Design("under3762-early", "channels earlier: 8, 16, 24 before the pool, 24, 24, 24 after (rungs' recipe)",
-           partial(LadderNet, (8, 16, 24), (24, 24, 24)), _RUNG_RECIPE),
-    Design("blocks-4-8-8", "the public layout: three blocks of three padded 3x3 convs, 4, 8, 8 wide (rungs' recipe)",
-           partial(BlocksNet, (4, 8, 8)), _RUNG_RECIPE),
-    Design("under3762-rung-recipe-batch64", "the rungs' recipe with batches of 64", MODELS["under3762"],
-           _RUNG_RECIPE.with_overrides(batch_size=64)),
-    Design("under3762-settle", "the rungs' recipe with a cycle over 12 epochs, its final rate held for the last 3",
-           MODELS["under3762"], _RUNG_RECIPE.with_overrides(settle=3)),
+    Design("under3762", "under3762 with the ladder recipe (batch 32)", _UNDER3762_FIRST, LADDER_RECIPE),
+    Design(_RUNG_RECIPE_KEY, "+ the rungs' recipe: a moving average of the weights, shifts of up to 5%",
+           _UNDER3762_FIRST, _RUNG_RECIPE),
+    # Each design below changes one thing of the rungs' recipe design (its base), not of the design above it.
+    Design("under3762-late", "channels later: 8, 10, 14 before the pool, 14, 28, 48 after",
+           partial(LadderNet, (8, 10, 14), (14, 28, 48)), _RUNG_RECIPE, base=_RUNG_RECIPE_KEY),
+    Design("under3762-early", "channels earlier: 8, 16, 24 before the pool, 24, 24, 24 after",
+           partial(LadderNet, (8, 16, 24), (24, 24, 24)), _RUNG_RECIPE, base=_RUNG_RECIPE_KEY),
+    Design("blocks-4-8-8", "the public layout: three blocks of three padded 3x3 convs, 4, 8, 8 wide",
+           partial(BlocksNet, (4, 8, 8)), _RUNG_RECIPE, base=_RUNG_RECIPE_KEY),
+    Design("under3762-rung-recipe-batch64", "batches of 64", _UNDER3762_FIRST,
+           _RUNG_RECIPE.with_overrides(batch_size=64), base=_RUNG_RECIPE_KEY),
+    Design("under3762-settle", "a cycle over 12 epochs, its final rate held for the last 3", _UNDER3762_FIRST,
+           _RUNG_RECIPE.with_overrides(settle=3), base=_RUNG_RECIPE_KEY),
 )
 
 # Issue 24: the controls above ran on an Intel Xeon while "final" and "gap-final-recipe" ran on an AMD EPYC, and the
@@ -170,6 +174,7 @@ class DesignSummary:
     params: int
     figures: dict[int, float]  # seed -> validation accuracy, mean of the last LAST_EPOCHS epochs
     test_figures: dict[int, float]  # the same for the test set, shown but never used to choose
+    base: str | None = None  # key of the design this one changes (None: the design listed above it)
 
     @property
     def mean(self) -> float:

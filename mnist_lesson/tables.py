@@ -164,32 +164,47 @@ def notebook_times_table(times: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(rows)
 
 
+def _compared(summaries: Sequence[DesignSummary]) -> list[tuple[DesignSummary, DesignSummary]]:
+    """Return (before, after) for every design after the first: `after` against its base, else the design above it."""
+    by_key = {s.key: s for s in summaries}
+    missing = sorted({s.base for s in summaries if s.base is not None} - set(by_key))
+    if missing:
+        raise ValueError(f"designs {missing} are named as bases but have no recorded runs: run them first")
+    return [(above if after.base is None else by_key[after.base], after)
+            for above, after in zip(summaries, summaries[1:], strict=False)]
+
+
+def _against(before: DesignSummary, after: DesignSummary) -> str:
+    return "" if after.base is None else f" (against `{before.key}`)"
+
+
 def study_table(summaries: Sequence[DesignSummary]) -> str:
     """Return a markdown table of a design study: per design the validation figure of every seed, mean and range,
-    and the change from the design above; test figures are shown for reference, never used to choose."""
+    and the change from the design it changes (the one above, or the one named); test figures are shown for
+    reference, never used to choose."""
     rows = [f"| design | parameters | validation acc per seed (mean of last {LAST_EPOCHS} epochs) | mean | range "
             "| change in mean | test acc, mean (not used to choose) |", "|---|---:|---|---:|---:|---:|---:|"]
-    previous = None
+    changes = {after.key: f"{after.mean - before.mean:+.2f}{_against(before, after)}"
+               for before, after in _compared(summaries)}
     for s in summaries:
         per_seed = ", ".join(f"{s.figures[seed]:.2f}" for seed in sorted(s.figures))
-        change = "" if previous is None else f"{s.mean - previous.mean:+.2f}"
         test = statistics.mean(s.test_figures.values())
-        rows.append(f"| {s.label} | {s.params:,} | {per_seed} | {s.mean:.2f} | {s.low:.2f}-{s.high:.2f} | {change} "
-                    f"| {test:.2f} |")
-        previous = s
+        rows.append(f"| {s.label} | {s.params:,} | {per_seed} | {s.mean:.2f} | {s.low:.2f}-{s.high:.2f} "
+                    f"| {changes.get(s.key, '')} | {test:.2f} |")
     return "\n".join(rows)
 
 
 def study_chain(summaries: Sequence[DesignSummary]) -> str:
-    """Return markdown bullets for a study whose designs each add one change: every design against the one above
-    it, then the study's choice (the highest validation mean) against the first design."""
-    lines = [f"- {after.label}: {compare(before, after)}" for before, after in zip(summaries, summaries[1:],
-                                                                                   strict=False)]
+    """Return markdown bullets for a study whose designs each make one change: every design against the one it
+    changes (its `base`, else the one above it), then the study's choice (the highest validation mean) against the
+    first design."""
+    lines = [f"- {after.label}{_against(before, after)}: {compare(before, after)}"
+             for before, after in _compared(summaries)]
     chosen = best_design(summaries)
     if chosen is summaries[0]:
         lines.append(f"- the choice, by the highest validation mean: the first design, **{chosen.label}**; no change "
                      "beat it")
-    elif chosen is summaries[1]:  # its comparison with the first design is the line above
+    elif chosen is summaries[1] and chosen.base is None:  # its comparison with the first design is the line above
         lines.append(f"- the choice, by the highest validation mean: **{chosen.label}** (compared above)")
     else:
         lines.append(f"- the choice, by the highest validation mean: **{chosen.label}**; against the first design: "

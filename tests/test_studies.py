@@ -3,6 +3,8 @@ notebooks make rests on at least 3 seeds judged on the validation split."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from torch import nn
 
@@ -21,7 +23,7 @@ from mnist_lesson.studies import (
     compare,
     get_design,
 )
-from mnist_lesson.tables import study_chain
+from mnist_lesson.tables import study_chain, study_table
 
 DESIGNS = {design.key: design for designs in STUDIES.values() for design in designs}
 
@@ -84,6 +86,21 @@ def test_the_ladder_levers_change_one_thing_at_a_time_from_the_ladder_recipe(run
     assert [b.recipe.changes_from(a.recipe) for a, b in zip(levers, levers[1:], strict=False)] == LEVER_CHANGES[rung]
 
 
+def test_the_stretch_rungs_levers_each_change_one_thing_of_their_base() -> None:
+    """ladder3762: the rungs' recipe on the first rung's network, then designs that each change one thing of it: the
+    network (every one under 3,762 parameters) or one field of the recipe."""
+    first, rung, *others = STUDIES["ladder3762"]
+    assert first.recipe == LADDER_RECIPE and count_parameters(first.build()) == 3_736
+    assert rung.recipe.changes_from(first.recipe) == ["augment.shift=0.05", "ema=0.999"]
+    assert str(rung.build()) == str(first.build()) and rung.base is None
+    for design in others:
+        assert design.base == rung.key
+        same_net = str(design.build()) == str(rung.build())
+        changed = design.recipe.changes_from(rung.recipe)
+        assert (same_net and len(changed) == 1) or (not same_net and not changed), design.key
+        assert count_parameters(design.build()) < 3_762
+
+
 @pytest.mark.parametrize("rung", sorted(LEVER_STUDIES))
 def test_a_rung_is_registered_with_the_recipe_its_lever_study_chose(rung: str) -> None:
     study = LEVER_STUDIES[rung]
@@ -118,6 +135,21 @@ def test_a_study_chain_compares_each_step_then_states_the_choice_once() -> None:
     two = study_chain([base, small]).splitlines()  # the choice is the second design: compared once, not twice
     assert len(two) == 2 and two[1] == "- the choice, by the highest validation mean: **+ b** (compared above)"
     assert study_chain([big, base]).splitlines()[-1].endswith("the first design, **+ c**; no change beat it")
+
+
+def test_a_design_with_a_base_is_compared_with_that_design_not_the_one_above() -> None:
+    first, recipe = _summary("a", (99.0, 99.1, 99.2)), _summary("b", (99.3, 99.35, 99.4))
+    wider = replace(_summary("c", (99.0, 99.05, 99.1)), label="wider", base="b")
+    lines = study_chain([first, recipe, wider]).splitlines()
+    assert lines[1] == ("- wider (against `b`): -0.30 points (99.35 -> 99.05, mean of 3 seeds; ranges 99.30-99.40 and "
+                        "99.00-99.10): larger than the seed-to-seed noise")
+    assert lines[-1] == "- the choice, by the highest validation mean: **+ b** (compared above)"
+    chosen_late = replace(_summary("d", (99.5,) * 3), base="b")  # the choice has a base: said against the first
+    assert "against the first design: +0.40 points" in study_chain([first, recipe, chosen_late]).splitlines()[-1]
+    with pytest.raises(ValueError, match=r"designs \['x'\] are named as bases but have no recorded runs"):
+        study_chain([first, replace(wider, base="x")])
+    table = study_table([first, recipe, wider]).splitlines()
+    assert "| +0.25 |" in table[3] and "| -0.30 (against `b`) |" in table[4]
 
 
 def test_the_comparison_rule_needs_ranges_that_do_not_overlap() -> None:
