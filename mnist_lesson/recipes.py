@@ -43,6 +43,12 @@ UNDER8K_RECIPE = LADDER_RECIPE.with_overrides(ema=0.999)
 # 0-9.
 UNDER5K_RECIPE = LADDER_RECIPE.with_overrides(ema=0.999, augment=Augment(rotation=7.0, shift=0.05))
 
+# under3762 fell short on 5 of 5 seeds with the ladder recipe, on a network of 3,736 parameters (8, 12, 18 channels
+# before the pool, 18, 28, 40 after) and an older training loop. Its lever study ("ladder3762" in mnist_lesson.studies,
+# shown in notebook 09) chose, on the validation split, the rungs' recipe (under5k's) on a network with its channels
+# earlier (models.under3762_net); then verified on seeds 0-9 and 10-19.
+UNDER3762_RECIPE = UNDER5K_RECIPE
+
 # Every registered model (mnist_lesson.models.MODELS, in the same order) -> the recipe it trains with by default.
 RECIPES: dict[str, Recipe] = {
     "assignment": ASSIGNMENT_RECIPE,
@@ -55,7 +61,7 @@ RECIPES: dict[str, Recipe] = {
     "final": FINAL_RECIPE,
     "under8k": UNDER8K_RECIPE,
     "under5k": UNDER5K_RECIPE,
-    "under3762": LADDER_RECIPE,
+    "under3762": UNDER3762_RECIPE,
 }
 
 

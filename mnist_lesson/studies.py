@@ -151,7 +151,7 @@ UNFINISHED_STUDIES: dict[str, str] = {
 }
 
 # The ladder's rungs whose recipe a lever study chose: rung -> study.
-LEVER_STUDIES: dict[str, str] = {"under5k": "ladder5k", "under8k": "ladder8k"}
+LEVER_STUDIES: dict[str, str] = {"under5k": "ladder5k", "under8k": "ladder8k", "under3762": "ladder3762"}
 
 
 def get_design(study: str, key: str) -> Design:
