@@ -81,9 +81,10 @@ LESSONS: tuple[Lesson, ...] = (
            "lever studies on the validation split, every seed file by when and where it ran, the first trials "
            "(judged on the test set), and how the recipes came to be",
            "none: tables only",
-           studies=("ladder5k", "ladder8k"),
+           studies=("ladder5k", "ladder8k", "ladder3762"),
            evidence=("seeds_under8k.json", "seeds_under5k.json", "seeds_under3762.json",
                      "seeds_under8k_ladder_recipe.json", "seeds_under5k_ladder_recipe.json",
+                     "seeds_under3762_ladder_recipe.json",
                      "legacy/ladder_trials_test_judged.jsonl", "design_runs.jsonl")),
 )
 

@@ -248,12 +248,14 @@ class SeedsFile:
     @property
     def label(self) -> str:
         """The model's name plus what sets the file apart: the speed levers its runs used and any difference from
-        the model's registered recipe, and a GPU's runs, e.g. "final (amp)", "under5k (recipe with ema=0)" or
-        "final (on a GPU)"."""
+        the model's registered recipe and network, and a GPU's runs, e.g. "final (amp)", "under5k (recipe with
+        ema=0)", "under3762 (an earlier 3,736-parameter network, ...)" or "final (on a GPU)"."""
         parts = [lever for lever in ("amp", "compile", "graph")
                  if any(run.meta.get("speed", {}).get(lever) for run in self.runs)]
         if any(run.device.startswith("cuda") for run in self.runs):
             parts.append("on a GPU")
+        if self.model in MODELS and self.params != count_parameters(MODELS[self.model]()):
+            parts.append(f"an earlier {self.params:,}-parameter network")
         changes = recipe_changes(self.model, self.recipe)
         if changes:
             parts.append(f"recipe with {', '.join(changes)}")

@@ -136,16 +136,20 @@ def write_seeds_file(path: Path, lasts: dict[int, list[float]], params: int = 4_
 
 
 def test_a_seeds_file_of_another_recipe_is_labelled_with_what_differs(tmp_path: Path) -> None:
-    """A registered model's file recorded with an earlier recipe says how that recipe differs from today's."""
+    """A registered model's file recorded with an earlier recipe says how that recipe differs from today's, and one
+    recorded with an earlier network says so."""
     path = write_seeds_file(tmp_path / "seeds_old.json", {0: [99.45, 99.41, 99.50]})
     data = json.loads(path.read_text())
-    data["model"] = "final"
+    data["model"], data["params"] = "final", count_parameters(get_model("final"))
     data["recipe"] = get_recipe("final").with_overrides(batch_size=128, augment=Augment(rotation=7.0)).to_dict()
     path.write_text(json.dumps(data))
     assert summarize_seeds(path).model == "final (recipe with batch_size=128, augment.shift=0)"
     data["recipe"] = get_recipe("final").to_dict()
     path.write_text(json.dumps(data))
     assert summarize_seeds(path).model == "final"
+    data["params"] = 3_000  # a network the name no longer builds
+    path.write_text(json.dumps(data))
+    assert summarize_seeds(path).model == "final (an earlier 3,000-parameter network)"
 
 
 def test_seeds_summary_judges_every_last_epoch_of_every_seed(tmp_path: Path) -> None:
