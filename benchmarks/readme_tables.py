@@ -143,7 +143,8 @@ UNSEEN = range(UNSEEN_SEEDS[0], UNSEEN_SEEDS[-1] + 1)  # seeds no recipe choice 
 
 def unseen_verdict() -> str:
     """Return the sentences on the rungs' seeds 10-19: how many ran, how many hold, every seed's worst epoch."""
-    return unseen_seeds_verdict([summarize_seeds(seeds_path(name)) for name in ("under5k", "under8k")], UNSEEN)
+    return unseen_seeds_verdict([summarize_seeds(seeds_path(name)) for name in ("under5k", "under8k", "under3762")],
+                                UNSEEN)
 
 
 def _upper_first(text: str) -> str:

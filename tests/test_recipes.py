@@ -105,6 +105,8 @@ def test_a_settling_cycle_ends_early_and_holds_its_final_rate() -> None:
     assert cycle.with_overrides(settle=2).describe().startswith("epochs=15, batch_size=128, lr=0.1, schedule=onecycle,"
                                                                 " warmup=0.3, settle=2")
     assert "settle" not in cycle.acting_fields()
+    shortened, _ = trace(cycle.with_overrides(settle=3), epochs=2)  # a run shorter than its settling (smoke tests)
+    assert shortened[:4] == trace(cycle, epochs=1)[0] and shortened[4:] == [shortened[3]] * 4
     with pytest.raises(UsageError, match="settle=2 needs schedule='onecycle'"):
         Recipe(settle=2)
     with pytest.raises(UsageError, match="fewer settling epochs than epochs"):
