@@ -132,6 +132,19 @@ CONTROLS: tuple[Design, ...] = (
         StepNet, **_BASE, dropout=0.0, width=24, head_width=32), FINAL_RECIPE),
 )
 
+# Issue 26, second half: below the stretch rung. The chosen layout shrunk by a rule fixed before any run: equal widths
+# after the pool, and the widths before it no wider than those; each with the stretch rung's recipe. Judged on the
+# validation split first, like every design, then the sizes that hold there on test seeds 0-9.
+_UNDER3762_RECIPE = RECIPES["under3762"]
+SMALLER: tuple[Design, ...] = (
+    Design("smaller-2884", "the stretch rung's layout at 20 channels after the pool", partial(
+        LadderNet, (8, 16, 20), (20, 20, 20)), _UNDER3762_RECIPE),
+    Design("smaller-2460", "at 18 channels (14 and 18 before the pool)", partial(
+        LadderNet, (8, 14, 18), (18, 18, 18)), _UNDER3762_RECIPE),
+    Design("smaller-2068", "at 16 channels (12 and 16 before the pool)", partial(
+        LadderNet, (8, 12, 16), (16, 16, 16)), _UNDER3762_RECIPE),
+)
+
 STUDIES: dict[str, tuple[Design, ...]] = {
     # Steps 02-06 of the series, each with its own recipe: what each idea changes.
     "steps": tuple(registered(name, label) for name, label in [
@@ -143,11 +156,14 @@ STUDIES: dict[str, tuple[Design, ...]] = {
     "ladder5k": LADDER5K_LEVERS,
     "ladder8k": LADDER8K_LEVERS,
     "ladder3762": LADDER3762_LEVERS,
+    "smaller": SMALLER,
 }
 
 # Studies whose runs are still being recorded (each run is appended as it finishes): study -> what is pending. A
 # study leaves this list once every design has its seeds; tests/test_studies.py holds it to that, both ways.
-UNFINISHED_STUDIES: dict[str, str] = {}
+UNFINISHED_STUDIES: dict[str, str] = {
+    "smaller": "issue 26: 3 sizes x 3 seeds on the validation split, recorded as they finish",
+}
 
 # The ladder's rungs whose recipe a lever study chose: rung -> study.
 LEVER_STUDIES: dict[str, str] = {"under5k": "ladder5k", "under8k": "ladder8k", "under3762": "ladder3762"}
