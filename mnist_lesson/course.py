@@ -72,10 +72,14 @@ LESSONS: tuple[Lesson, ...] = (
            evidence=("steps/final.json", "seeds_final.json", "design_runs.jsonl")),
     Lesson("08_parameter_ladder.ipynb",
            "beyond the assignment: depthwise-separable convolutions, and a ladder of rungs under 8,000 and 5,000 "
-           "parameters and the stretch under 3,762, each judged on several seeds, against the public results",
-           "parameters per layer of the smallest rung, its RF on a digit, the ladder against the public results",
-           models=("under8k", "under5k", "under3762"),
-           evidence=("seeds_final.json", "seeds_under8k.json", "seeds_under5k.json", "seeds_under3762.json")),
+           "parameters and the stretch under 3,762, each judged on several seeds, against the public results; then "
+           "three smaller sizes of the stretch rung's layout, each on the validation split and on test seeds",
+           "parameters per layer of the smallest rung, its RF on a digit, the ladder and the smaller sizes against "
+           "the public results",
+           models=("under8k", "under5k", "under3762", "under3000", "under2500", "under2100"),
+           studies=("ladder5k", "ladder8k", "ladder3762", "smaller"),
+           evidence=("seeds_final.json", "seeds_under8k.json", "seeds_under5k.json", "seeds_under3762.json",
+                     "seeds_under3000.json", "seeds_under2500.json", "seeds_under2100.json", "design_runs.jsonl")),
     Lesson("09_appendix_evidence.ipynb",
            "appendix, not a lesson (the lessons do not need it): the provenance behind notebook 08's ladder: the "
            "lever studies on the validation split, every seed file by when and where it ran, the first trials "

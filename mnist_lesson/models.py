@@ -17,6 +17,7 @@ from mnist_lesson.recipes import (
     FINAL_RECIPE,
     FIRST_RECIPE,
     RECIPES,
+    SMALLER_RECIPE,
     STEP_RECIPE,
     UNDER5K_RECIPE,
     UNDER8K_RECIPE,
@@ -306,3 +307,28 @@ def under3762_net() -> nn.Module:
 
 # The ladder's rungs, each with the parameter count it must stay under.
 LADDER: dict[str, int] = {"under8k": 8_000, "under5k": 5_000, "under3762": 3_762}
+
+
+# Below the stretch rung (issue 26): its layout shrunk by a rule fixed before any run (equal widths after the pool,
+# none before it wider), with its recipe. The same networks are the designs of the study "smaller".
+@register("under3000", SMALLER_RECIPE)
+def under3000_net() -> nn.Module:
+    """Return the stretch rung's layout at 20 channels after the pool (2,884 parameters)."""
+    return LadderNet((8, 16, 20), (20, 20, 20))
+
+
+@register("under2500", SMALLER_RECIPE)
+def under2500_net() -> nn.Module:
+    """Return the stretch rung's layout at 18 channels after the pool, 14 and 18 before it (2,460 parameters)."""
+    return LadderNet((8, 14, 18), (18, 18, 18))
+
+
+@register("under2100", SMALLER_RECIPE)
+def under2100_net() -> nn.Module:
+    """Return the stretch rung's layout at 16 channels after the pool, 12 and 16 before it (2,068 parameters)."""
+    return LadderNet((8, 12, 16), (16, 16, 16))
+
+
+# The sizes below the stretch rung, each with the parameter count it must stay under; each one is reported on its
+# test seeds whether it holds or not.
+SMALLER_SIZES: dict[str, int] = {"under3000": 3_000, "under2500": 2_500, "under2100": 2_100}

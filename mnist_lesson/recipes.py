@@ -49,6 +49,9 @@ UNDER5K_RECIPE = LADDER_RECIPE.with_overrides(ema=0.999, augment=Augment(rotatio
 # earlier (models.under3762_net); then verified on seeds 0-9 and 10-19.
 UNDER3762_RECIPE = UNDER5K_RECIPE
 
+# The sizes below the stretch rung (issue 26, models.SMALLER_SIZES) keep its recipe: only the network shrinks.
+SMALLER_RECIPE = UNDER3762_RECIPE
+
 # Every registered model (mnist_lesson.models.MODELS, in the same order) -> the recipe it trains with by default.
 RECIPES: dict[str, Recipe] = {
     "assignment": ASSIGNMENT_RECIPE,
@@ -62,6 +65,9 @@ RECIPES: dict[str, Recipe] = {
     "under8k": UNDER8K_RECIPE,
     "under5k": UNDER5K_RECIPE,
     "under3762": UNDER3762_RECIPE,
+    "under3000": SMALLER_RECIPE,
+    "under2500": SMALLER_RECIPE,
+    "under2100": SMALLER_RECIPE,
 }
 
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import BUDGET, Recipe, UsageError
-from mnist_lesson.models import LADDER, MODELS, get_model, register
+from mnist_lesson.models import LADDER, MODELS, SMALLER_SIZES, get_model, register
 from mnist_lesson.recipes import RECIPES
 
 
@@ -101,9 +101,13 @@ def test_recipe_overrides_reject_unknown_fields() -> None:
 # under5k: 88 + sep(8,16) 232 + sep(16,24) 576 + sep(24,24) 840 + sep(24,32) 1,048 + sep(32,40) 1,648 + 400 = 4,832
 # under3762: 88 + sep(8,16) 232 + sep(16,24) 576 + sep(24,24) 840 * 3 + 240 = 3,656 (issue 26; first registered as
 #   (8, 12, 18), (18, 28, 40): 88 + 192 + 360 + 522 + 722 + 1,452 + 400 = 3,736, still a design of its lever study)
+# Below the stretch rung (issue 26, going smaller), the same layout narrower:
+# under3000: 88 + sep(8,16) 232 + sep(16,20) 504 + sep(20,20) 620 * 3 + 200 = 2,884
+# under2500: 88 + sep(8,14) 212 + sep(14,18) 414 + sep(18,18) 522 * 3 + 180 = 2,460
+# under2100: 88 + sep(8,12) 192 + sep(12,16) 332 + sep(16,16) 432 * 3 + 160 = 2,068
 EXPECTED = {"first": 1_199_882, "skeleton": 24_666, "transitions": 18_266, "batchnorm": 18_402, "dropout": 18_402,
             "gap": 15_992, "final": 18_152, "assignment": 13_816, "under8k": 6_920, "under5k": 4_832,
-            "under3762": 3_656}
+            "under3762": 3_656, "under3000": 2_884, "under2500": 2_460, "under2100": 2_068}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -116,10 +120,13 @@ def test_every_model_under_the_budget_except_the_deliberate_ones() -> None:
     assert over == {"first", "skeleton"}
 
 
-def test_every_ladder_rung_stays_under_its_limit() -> None:
-    assert set(LADDER) <= set(MODELS)
-    for name, limit in LADDER.items():
+def test_every_ladder_rung_and_smaller_size_stays_under_its_limit() -> None:
+    assert set(LADDER) | set(SMALLER_SIZES) <= set(MODELS) and not set(LADDER) & set(SMALLER_SIZES)
+    for name, limit in {**LADDER, **SMALLER_SIZES}.items():
         assert count_parameters(get_model(name)) < limit, name
+    # Each size is smaller than the one before it, and all below the stretch rung.
+    counts = [count_parameters(get_model(name)) for name in ["under3762", *SMALLER_SIZES]]
+    assert counts == sorted(counts, reverse=True) and len(set(counts)) == len(counts)
 
 
 def test_separable_block_is_a_per_channel_3x3_then_a_1x1_mix() -> None:

@@ -15,7 +15,7 @@ from torch import nn
 from mnist_lesson import config
 from mnist_lesson.colab import check_notebook
 from mnist_lesson.course import LESSONS, notebook_paths
-from mnist_lesson.models import LADDER, MODELS, get_model
+from mnist_lesson.models import LADDER, MODELS, SMALLER_SIZES, get_model
 from mnist_lesson.recipes import RECIPES, get_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,9 +78,9 @@ def test_every_step_model_is_taught_in_a_notebook() -> None:
 
 def specification_numbers() -> set[str]:
     """The numbers markdown may state, each read from where the course defines it: its specification (target,
-    budget, epochs judged, the claim's seeds and their halves, the unseen seeds, the split sizes, the ladder's
-    limits), the registered recipes' epochs and batch sizes, the notebooks' own numbers, and the classes. A measured
-    figure is never among them: it belongs in a cell that renders it from the records."""
+    budget, epochs judged, the claim's seeds and their halves, the unseen seeds, the split sizes, the limits of the
+    ladder and of the smaller sizes), the registered recipes' epochs and batch sizes, the notebooks' own numbers, and
+    the classes. A measured figure is never among them: it belongs in a cell that renders it from the records."""
     train_images = 60_000  # MNIST's training set (test_numbers_the_prose_states_are_true loads it)
     seeds = config.CLAIM_SEEDS
     half = len(seeds) // 2
@@ -89,7 +89,7 @@ def specification_numbers() -> set[str]:
                f"{seeds[0]}-{seeds[-1]}", f"{config.UNSEEN_SEEDS[0]}-{config.UNSEEN_SEEDS[-1]}",
                f"{config.VALIDATION_IMAGES:,}", f"{train_images:,}", f"{train_images - config.VALIDATION_IMAGES:,}",
                "10"}  # the classes
-    numbers |= {f"{limit:,}" for limit in LADDER.values()}
+    numbers |= {f"{limit:,}" for limit in [*LADDER.values(), *SMALLER_SIZES.values()]}
     numbers |= {str(value) for recipe in RECIPES.values() for value in (recipe.epochs, recipe.batch_size)}
     lessons = [entry.number for entry in LESSONS]
     numbers |= set(lessons) | {f"{a}-{b}" for a in lessons for b in lessons if a < b}

@@ -10,7 +10,7 @@ from torch import nn
 
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import LAST_EPOCHS, Augment
-from mnist_lesson.models import LADDER, AssignmentNet, StepNet, get_model
+from mnist_lesson.models import LADDER, SMALLER_SIZES, AssignmentNet, StepNet, get_model
 from mnist_lesson.recipes import LADDER_RECIPE, get_recipe
 from mnist_lesson.records import evidence, measure_noise, read_design_runs, run_figure, summarize_study
 from mnist_lesson.studies import (
@@ -207,3 +207,14 @@ def test_the_noise_is_measured_from_the_runs() -> None:
 def test_the_steps_study_is_the_registered_models() -> None:
     for design in STUDIES["steps"]:
         assert isinstance(design.build(), nn.Module) and design.recipe == get_recipe(design.key)
+
+
+def test_the_smaller_study_is_the_registered_sizes_below_the_stretch_rung() -> None:
+    """Each design of the study "smaller" builds the registered size of the same count, with the same recipe, and
+    keeps the stretch rung's recipe: going smaller changes the network alone (issue 26)."""
+    designs = STUDIES["smaller"]
+    assert len(designs) == len(SMALLER_SIZES)
+    for design, name in zip(designs, SMALLER_SIZES, strict=True):
+        assert str(design.build()) == str(get_model(name)), (design.key, name)
+        assert design.recipe == get_recipe(name) == get_recipe("under3762"), name
+        assert design.key == f"smaller-{count_parameters(get_model(name))}"
