@@ -24,6 +24,7 @@ from common import REPO
 
 from mnist_lesson.config import LAST_EPOCHS, TARGET, TRAIN_IMAGES, UNSEEN_SEEDS
 from mnist_lesson.course import notebooks_table
+from mnist_lesson.models import SMALLER_SIZES
 from mnist_lesson.recipes import get_recipe
 from mnist_lesson.records import (
     GpuStep,
@@ -50,6 +51,7 @@ from mnist_lesson.records import (
     summarize_seeds,
     summarize_study,
 )
+from mnist_lesson.studies import best_design
 from mnist_lesson.tables import (
     cpu_levers_table,
     dispatch_table,
@@ -59,6 +61,8 @@ from mnist_lesson.tables import (
     notebook_times_table,
     seed_groups_table,
     seed_runs_table,
+    smaller_sizes_table,
+    smaller_sizes_verdict,
     speed_table,
     steps_table,
     study_chain,
@@ -127,6 +131,13 @@ def ladder_verdict() -> str:
             f"({rungs['under5k'].params:,}) {holds('under5k')}. The stretch, `under3762` ({s.params:,} parameters), "
             f"{holds('under3762')}{short}. Its network and recipe were chosen by its lever study on the validation "
             "split before any of these seeds ran.")
+
+
+def smaller_verdict() -> str:
+    """Return where each size below the stretch rung lands: validation against the stretch rung, then test seeds."""
+    return smaller_sizes_verdict(best_design(summarize_study("ladder3762")), summarize_study("smaller"),
+                                 summarize_seeds(seeds_path("under3762")),
+                                 [summarize_seeds(seeds_path(name)) for name in SMALLER_SIZES])
 
 
 def amp_verdict() -> str:
@@ -297,6 +308,9 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "ladder5k-study": lambda: _lever_study("ladder5k"),
     "ladder8k-study": lambda: _lever_study("ladder8k"),
     "ladder3762-study": lambda: _lever_study("ladder3762"),
+    "smaller-study": lambda: smaller_sizes_table(best_design(summarize_study("ladder3762")),
+                                                 summarize_study("smaller")),
+    "smaller-verdict": smaller_verdict,
     "speed-benchmark": lambda: speed_table([read_speed(path) for path in speed_paths()]),
     "steps-results": lambda: steps_table(step_summaries()),
     "seeds-results": lambda: seed_runs_table([read_seeds(path) for path in seeds_paths()]),

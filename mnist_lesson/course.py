@@ -88,7 +88,8 @@ LESSONS: tuple[Lesson, ...] = (
            studies=("ladder5k", "ladder8k", "ladder3762"),
            evidence=("seeds_under8k.json", "seeds_under5k.json", "seeds_under3762.json",
                      "seeds_under8k_ladder_recipe.json", "seeds_under5k_ladder_recipe.json",
-                     "seeds_under3762_ladder_recipe.json",
+                     "seeds_under3762_ladder_recipe.json", "seeds_under3000.json", "seeds_under2500.json",
+                     "seeds_under2100.json",
                      "legacy/ladder_trials_test_judged.jsonl", "design_runs.jsonl")),
 )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from mnist_lesson.config import LAST_EPOCHS, TARGET, Recipe
@@ -338,3 +339,37 @@ def unseen_seeds_verdict(summaries: Sequence[SeedsSummary], seeds: Sequence[int]
                      + (f"; {missing} of the {len(seeds)} have not run yet." if missing else "."))
     return f"On seeds {min(seeds)}-{max(seeds)}, which no choice of these recipes had seen: " + " ".join(parts)
 
+
+
+def smaller_sizes_table(stretch: DesignSummary, validation: Sequence[DesignSummary]) -> str:
+    """Return the study of the sizes below the stretch rung on the validation split (notebook 08, docs/results.md),
+    with the stretch rung's chosen design as the first row: each size against the row above it."""
+    return study_table([replace(stretch, base=None), *validation])
+
+
+def smaller_sizes_verdict(stretch: DesignSummary, validation: Sequence[DesignSummary], stretch_seeds: SeedsSummary,
+                          sizes: Sequence[SeedsSummary]) -> str:
+    """Return where each size below the stretch rung lands (notebook 08, the README): its validation mean against the
+    stretch rung's chosen design, its test seeds, and the smallest size that holds on every seed it ran, if any.
+
+    `validation` and `sizes` are in the same order (largest first); `stretch_seeds` is the stretch rung's seeds.
+    """
+    if len(validation) != len(sizes):
+        raise ValueError(f"{len(validation)} validation summaries for {len(sizes)} sizes: run every size both ways")
+    lines = [f"- `{s.model}`, {s.params:,} parameters. On the validation split, against the stretch rung's chosen "
+             f"design: {compare(stretch, v)}. On the test set {s.passing} of {len(s.last_accs)} seeds hold: it "
+             f"{seeds_verdict(s)}; the mean of each seed's lowest last epoch is "
+             f"{statistics.mean(s.seed_mins.values()):.2f}."
+             for v, s in zip(validation, sizes, strict=True)]
+    held = [s for s in sizes if s.holds]
+    if held:
+        smallest = min(held, key=lambda s: s.params)
+        ending = (f"The smallest size that holds on every seed it ran is `{smallest.model}`, {smallest.params:,} "
+                  f"parameters, on {len(smallest.last_accs)} seeds"
+                  + ("." if smallest.claimed else ": fewer than the claim's, so it is not claimed."))
+    else:
+        ending = ("None of the smaller sizes holds on every seed it ran, so this method, as it stands, finds no model "
+                  f"below the stretch rung ({stretch_seeds.params:,} parameters) that holds; the stretch rung itself "
+                  f"{seeds_verdict(stretch_seeds)}.")
+    return "\n".join([f"Below the stretch rung, its layout and recipe at {len(sizes)} smaller sizes:", "", *lines,
+                      "", ending])

@@ -13,7 +13,7 @@ import pytest
 from mnist_lesson import records
 from mnist_lesson.budget import count_parameters
 from mnist_lesson.config import BUDGET, CLAIM_SEEDS, LAST_EPOCHS, MAX_EPOCHS, TARGET, Augment, Recipe
-from mnist_lesson.models import LADDER, MODELS, get_model
+from mnist_lesson.models import LADDER, MODELS, SMALLER_SIZES, get_model
 from mnist_lesson.recipes import get_recipe
 from mnist_lesson.records import (
     PUBLIC_ANCHORS,
@@ -207,6 +207,18 @@ def test_every_ladder_rung_was_verified_on_at_least_five_seeds(name: str) -> Non
     assert all(len(run.test_acc) == get_recipe(name).epochs for run in seeds.runs)
 
 
+@pytest.mark.parametrize("name", sorted(SMALLER_SIZES))
+def test_every_smaller_size_ran_on_test_seeds_from_zero(name: str) -> None:
+    """Each size below the stretch rung (issue 26) has a committed seeds file of its registered network and recipe,
+    on at least 3 test seeds counted up from 0 (none skipped, so no seed was left out for its figure)."""
+    seeds = read_seeds(seeds_path(name))
+    assert seeds.params == count_parameters(get_model(name)) < SMALLER_SIZES[name]
+    assert get_recipe(name).matches(seeds.recipe) and get_recipe(name).epochs <= MAX_EPOCHS
+    ran = sorted(run.seed for run in seeds.runs)
+    assert len(ran) >= 3 and ran == list(range(len(ran))), ran
+    assert all(len(run.test_acc) == get_recipe(name).epochs for run in seeds.runs)
+
+
 # A rung that falls short stays visible here as a strict xfail naming the failure (strict: the day its recorded
 # seeds all hold, this test says so) until a new recipe or rung replaces it.
 @pytest.mark.parametrize("name", [
@@ -395,6 +407,35 @@ def test_the_unseen_seeds_verdict_counts_only_the_seeds_that_ran() -> None:
     assert "1 of the 2 that ran hold" in text and "10: 99.31, 11: 99.42" in text and "8 of the 10 have not run" in text
     none = SeedsSummary("under8k", 6920, 15, {0: (99.5, 99.5, 99.5)}, "cpu")
     assert "`under8k` has not run any of them yet." in unseen_seeds_verdict([none], range(10, 20))
+
+
+def test_the_smaller_sizes_verdict_names_every_size_and_the_smallest_that_holds() -> None:
+    from mnist_lesson.records import SeedsSummary
+    from mnist_lesson.studies import DesignSummary
+    from mnist_lesson.tables import smaller_sizes_verdict
+
+    stretch = DesignSummary("early", "early", 3656, {0: 99.45, 1: 99.48, 2: 99.48}, {0: 99.4, 1: 99.4, 2: 99.4})
+    close = DesignSummary("s-2884", "s", 2884, {0: 99.44, 1: 99.46, 2: 99.41}, {0: 99.4, 1: 99.4, 2: 99.4})
+    far = DesignSummary("s-2068", "s", 2068, {0: 99.20, 1: 99.25, 2: 99.30}, {0: 99.4, 1: 99.4, 2: 99.4})
+    stretch_seeds = SeedsSummary("under3762", 3656, 15, {0: (99.40,) * 3, 13: (99.39, 99.39, 99.41)}, "cpu")
+    held = SeedsSummary("under3000", 2884, 15, {seed: (99.45, 99.41, 99.5) for seed in range(10)}, "cpu")
+    short = SeedsSummary("under2100", 2068, 15, {0: (99.35, 99.4, 99.4), 1: (99.5,) * 3, 2: (99.41,) * 3}, "cpu")
+    text = smaller_sizes_verdict(stretch, [close, far], stretch_seeds, [held, short])
+    assert "(no measurable difference)" in text.splitlines()[2] and "larger than the seed-to-seed noise" in text
+    assert "10 of 10 seeds hold" in text and "2 of 3 seeds hold: it falls short on seed 0 (99.35) of seeds 0-2" in text
+    assert text.endswith("is `under3000`, 2,884 parameters, on 10 seeds.")
+    few = SeedsSummary("under3000", 2884, 15, {0: (99.45,) * 3, 1: (99.5,) * 3, 2: (99.42,) * 3}, "cpu")
+    assert smaller_sizes_verdict(stretch, [close], stretch_seeds, [few]).endswith("so it is not claimed.")
+    none = smaller_sizes_verdict(stretch, [far], stretch_seeds, [short])
+    assert "finds no model below the stretch rung (3,656 parameters)" in none and "seed 13 (99.39)" in none
+    with pytest.raises(ValueError, match="run every size both ways"):
+        smaller_sizes_verdict(stretch, [close, far], stretch_seeds, [held])
+    # The table starts from the stretch rung's chosen design even though that design names a base of its own study.
+    from dataclasses import replace
+
+    from mnist_lesson.tables import smaller_sizes_table
+    rows = smaller_sizes_table(replace(stretch, base="rung-recipe"), [close, far]).splitlines()
+    assert [row.split(" | ")[5] for row in rows[2:]] == ["", "-0.03", "-0.19"]
 
 
 def test_the_ladder_table_states_each_verdict_and_recipe_in_words() -> None:
