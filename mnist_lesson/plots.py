@@ -228,7 +228,7 @@ def plot_ladder(rungs: Sequence[SeedsSummary], anchors: Sequence[Anchor] = ()) -
     last epochs) with a dot at the worst seed, the figure a claim rests on; `anchors` are best-epoch results
     from elsewhere (records.PUBLIC_ANCHORS), drawn as grey markers.
     """
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     for i, rung in enumerate(rungs):
         lows = list(rung.seed_mins.values())
         color = "tab:green" if rung.holds else "tab:red"
@@ -245,7 +245,7 @@ def plot_ladder(rungs: Sequence[SeedsSummary], anchors: Sequence[Anchor] = ()) -
     ax.xaxis.set_minor_formatter(thousands)
     ax.tick_params(axis="x", which="minor", labelsize="x-small")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="lower right", fontsize="small")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")  # outside: no label hides behind it
     fig.tight_layout()
     plt.close(fig)
     return fig

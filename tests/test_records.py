@@ -422,14 +422,20 @@ def test_the_smaller_sizes_verdict_names_every_size_and_the_smallest_that_holds(
     short = SeedsSummary("under2100", 2068, 15, {0: (99.35, 99.4, 99.4), 1: (99.5,) * 3, 2: (99.41,) * 3}, "cpu")
     text = smaller_sizes_verdict(stretch, [close, far], stretch_seeds, [held, short])
     assert "(no measurable difference)" in text.splitlines()[2] and "larger than the seed-to-seed noise" in text
-    assert "10 of 10 seeds hold" in text and "2 of 3 seeds hold: it falls short on seed 0 (99.35) of seeds 0-2" in text
+    assert "seeds 0-9: 10 of 10 hold, the mean of each seed's lowest last epoch 99.41" in text
+    assert "seeds 0-2: 2 of 3 hold, the mean of each seed's lowest last epoch 99.42; it falls short on seed 0 (99.35)" \
+        in text
+    # The stretch rung beside each size on that size's seeds only: it ran seeds 0 and 13, so 1 of 1 on seeds 0-2.
+    assert "The stretch rung on the same seeds: 1 of 1 hold, the mean of each seed's lowest last epoch 99.40." in text
     assert text.endswith("is `under3000`, 2,884 parameters, on 10 seeds.")
     few = SeedsSummary("under3000", 2884, 15, {0: (99.45,) * 3, 1: (99.5,) * 3, 2: (99.42,) * 3}, "cpu")
-    assert smaller_sizes_verdict(stretch, [close], stretch_seeds, [few]).endswith("so it is not claimed.")
+    assert "so it is not claimed" in smaller_sizes_verdict(stretch, [close], stretch_seeds, [few])
     none = smaller_sizes_verdict(stretch, [far], stretch_seeds, [short])
     assert "finds no model below the stretch rung (3,656 parameters)" in none and "seed 13 (99.39)" in none
     with pytest.raises(ValueError, match="run every size both ways"):
         smaller_sizes_verdict(stretch, [close, far], stretch_seeds, [held])
+    with pytest.raises(ValueError, match="in the same order"):
+        smaller_sizes_verdict(stretch, [far, close], stretch_seeds, [held, short])
     # The table starts from the stretch rung's chosen design even though that design names a base of its own study.
     from dataclasses import replace
 
