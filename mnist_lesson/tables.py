@@ -93,7 +93,9 @@ def recipe_in_words(recipe: Recipe, base: Recipe, base_name: str) -> str:
 
 def _seed_span(seeds: Sequence[int]) -> str:
     seeds = sorted(seeds)
-    return f"{seeds[0]}-{seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else ", ".join(map(str, seeds))
+    if len(seeds) > 1 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
 
 
 def seeds_verdict(summary: SeedsSummary) -> str:
